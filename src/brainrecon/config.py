@@ -1,0 +1,108 @@
+"""Config validation: JSON schema (defaults filled in) plus checks the schema cannot say.
+
+Errors name the key path and the offending value, e.g.
+``config key nsd.subjects[1]: NSD has no subject 9 (subjects are 1..8)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from .nsd.layout import ALL_SUBJECTS
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key and the value."""
+
+
+def _path_str(path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top level>"
+
+
+def _fill_defaults(schema: dict, inst):
+    """Fill ``default`` values of object properties recursively (in place)."""
+    if not isinstance(inst, dict) or schema.get("type") != "object":
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in inst and "default" in sub:
+            inst[key] = copy.deepcopy(sub["default"])
+        if key in inst:
+            _fill_defaults(sub, inst[key])
+
+
+def load_schema(path=SCHEMA_PATH) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def validate_config(config: dict, schema: dict | None = None, check_paths: bool = True) -> dict:
+    """Validate ``config`` in place (defaults filled) and return it; raise ConfigError."""
+    import jsonschema
+
+    schema = schema or load_schema()
+    # snakemake may hand us a wrapper; work on plain containers
+    _fill_defaults(schema, config)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        msgs = []
+        for e in errors:
+            where = _path_str(e.absolute_path)
+            if e.validator == "additionalProperties":
+                allowed = sorted(e.schema.get("properties", {}))
+                extra = sorted(set(e.instance) - set(allowed))
+                msgs.append(
+                    f"config key {where}: unknown key(s) {', '.join(map(repr, extra))}; "
+                    f"allowed: {', '.join(allowed)}"
+                )
+            else:
+                msgs.append(f"config key {where}: value {e.instance!r} is invalid: {e.message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(msgs))
+    _semantic_checks(config, check_paths)
+    return config
+
+
+def _semantic_checks(config: dict, check_paths: bool) -> None:
+    msgs = []
+    for i, s in enumerate(config["nsd"]["subjects"]):
+        if s not in ALL_SUBJECTS:
+            msgs.append(f"config key nsd.subjects[{i}]: NSD has no subject {s} (subjects are 1..8)")
+    synth = config.get("synth", {})
+    if config["nsd"]["source"] == "synthetic" and synth:
+        if synth.get("n_shared", 0) >= synth.get("n_images", 1):
+            msgs.append(
+                f"config key synth.n_shared: value {synth['n_shared']} must be smaller than "
+                f"synth.n_images ({synth['n_images']})"
+            )
+    if check_paths:
+        for key, path in _declared_input_paths(config):
+            if not Path(path).exists():
+                msgs.append(f"config key {key}: path {path!r} does not exist")
+    if msgs:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(msgs))
+
+
+def _declared_input_paths(config: dict):
+    """(key, path) of config values that must exist before the run (extended by later stages)."""
+    out = []
+    for section in ("models",):
+        for role, spec in (config.get(section) or {}).get("local_paths", {}).items():
+            out.append((f"{section}.local_paths.{role}", spec))
+    return out
+
+
+def subjects(config: dict) -> list[str]:
+    """Configured subjects as zero-padded strings ("01")."""
+    return [f"{int(s):02d}" for s in config["nsd"]["subjects"]]
+
+
+def sessions(config: dict) -> list[int]:
+    return list(range(1, int(config["nsd"]["sessions"]) + 1))

@@ -1,0 +1,67 @@
+# Shared by every rule file: config validation, wildcard constraints, target and input
+# functions. Nothing else is shared through globals.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from brainrecon.config import validate_config, subjects as _subjects, sessions as _sessions
+from brainrecon.nsd import layout
+
+validate_config(config)
+
+NSD_ROOT = config["nsd"]["root"]
+COCO_ROOT = config["nsd"]["coco_root"]
+SUBJECTS = _subjects(config)
+SESSIONS = _sessions(config)
+
+
+wildcard_constraints:
+    subject=r"\d\d",
+    voxels=r"nsdgeneral|brainmask",
+
+
+def nsd_path(key):
+    """Local path of an NSD bucket key."""
+    return f"{NSD_ROOT}/{key}"
+
+
+def coco_caption_paths():
+    return [f"{COCO_ROOT}/{f}" for f in layout.COCO_CAPTION_FILES]
+
+
+def subject_raw_inputs(wildcards):
+    """Raw files one subject's preparation reads (betas, ROIs, ctabs, anatomy, design)."""
+    s = int(wildcards.subject)
+    fmt = config["nsd"]["betas_format"]
+    return {
+        "expdesign": nsd_path(layout.expdesign_key()),
+        "betas": [nsd_path(layout.betas_key(s, ses, fmt)) for ses in SESSIONS],
+        "rois": [nsd_path(layout.roi_key(s, n)) for n in layout.ROI_NAMES],
+        "ctabs": [nsd_path(layout.ctab_key(s, n)) for n in layout.ROI_NAMES],
+        "brainmask": nsd_path(layout.anatomy_key(s, "brainmask")),
+    }
+
+
+def all_raw_files():
+    """Every raw file the configured run needs (download or synth outputs)."""
+    fmt = config["nsd"]["betas_format"]
+    keys = layout.shared_keys()
+    for s in SUBJECTS:
+        keys += layout.subject_keys(int(s), SESSIONS, fmt)
+    return [nsd_path(k) for k in keys]
+
+
+def prepare_targets():
+    vs = config["prepare"]["voxel_sets"]
+    return expand("results/prepared/{voxels}/subj{subject}.h5", voxels=vs, subject=SUBJECTS) + expand(
+        "results/prepared/stimuli/subj{subject}.csv", subject=SUBJECTS
+    )
+
+
+def synth_extra_files():
+    """Files synth writes beyond what the run reads: the other betas format twin."""
+    other = "hdf5" if config["nsd"]["betas_format"] == "nii.gz" else "nii.gz"
+    return [
+        nsd_path(layout.betas_key(int(s), ses, other)) for s in SUBJECTS for ses in SESSIONS
+    ] + [nsd_path(layout.stim_info_key("pkl"))]
