@@ -1,19 +1,29 @@
 # brainrecon: from raw NSD to reconstructions, encoding maps, tables, figures and a report.
 # Run: snakemake --cores all --configfile config/config.yaml  (see README.md)
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# Defaults: the repo's config/config.yaml (real NSD); --configfile FILE overrides keys.
+configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    subject=r"\d\d",
+    voxels=r"nsdgeneral|brainmask",
+
+
 include: "workflow/rules/download.smk"
 include: "workflow/rules/prepare.smk"
 
 
 rule all:
+    default_target: True
     input:
         prepare_targets(),
-    default_target: True

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .nsd.layout import ALL_SUBJECTS
+from .nsd.layout import ALL_SUBJECTS, SESSIONS_PER_SUBJECT
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -56,7 +56,12 @@ def validate_config(config: dict, schema: dict | None = None, check_paths: bool 
         msgs = []
         for e in errors:
             where = _path_str(e.absolute_path)
-            if e.validator == "additionalProperties":
+            if e.validator == "required":
+                missing = [k for k in e.validator_value if k not in e.instance]
+                prefix = f"{where}." if e.absolute_path else ""
+                for k in missing:
+                    msgs.append(f"config key {prefix}{k}: missing (required)")
+            elif e.validator == "additionalProperties":
                 allowed = sorted(e.schema.get("properties", {}))
                 extra = sorted(set(e.instance) - set(allowed))
                 msgs.append(
@@ -65,7 +70,13 @@ def validate_config(config: dict, schema: dict | None = None, check_paths: bool 
                 )
             else:
                 msgs.append(f"config key {where}: value {e.instance!r} is invalid: {e.message}")
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(msgs))
+        try:
+            _semantic_checks(config, check_paths=False)
+        except ConfigError as more:
+            msgs += str(more).splitlines()[1:]
+        except Exception:  # malformed beyond what semantic checks can read
+            pass
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(m.strip() for m in msgs))
     _semantic_checks(config, check_paths)
     return config
 
@@ -75,6 +86,11 @@ def _semantic_checks(config: dict, check_paths: bool) -> None:
     for i, s in enumerate(config["nsd"]["subjects"]):
         if s not in ALL_SUBJECTS:
             msgs.append(f"config key nsd.subjects[{i}]: NSD has no subject {s} (subjects are 1..8)")
+        elif config["nsd"]["source"] == "bucket" and config["nsd"]["sessions"] > SESSIONS_PER_SUBJECT[s]:
+            msgs.append(
+                f"config key nsd.sessions: value {config['nsd']['sessions']} but NSD subject {s} "
+                f"has only {SESSIONS_PER_SUBJECT[s]} sessions"
+            )
     synth = config.get("synth", {})
     if config["nsd"]["source"] == "synthetic" and synth:
         if synth.get("n_shared", 0) >= synth.get("n_images", 1):

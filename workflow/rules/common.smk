@@ -1,11 +1,15 @@
-# Shared by every rule file: config validation, wildcard constraints, target and input
-# functions. Nothing else is shared through globals.
+# Included first by the Snakefile: config validation, target and input functions.
+# Nothing else is shared through globals.
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from brainrecon.config import validate_config, subjects as _subjects, sessions as _sessions
+from brainrecon.config import (
+    validate_config,
+    subjects as _subjects,
+    sessions as _sessions,
+)
 from brainrecon.nsd import layout
 
 validate_config(config)
@@ -14,11 +18,6 @@ NSD_ROOT = config["nsd"]["root"]
 COCO_ROOT = config["nsd"]["coco_root"]
 SUBJECTS = _subjects(config)
 SESSIONS = _sessions(config)
-
-
-wildcard_constraints:
-    subject=r"\d\d",
-    voxels=r"nsdgeneral|brainmask",
 
 
 def nsd_path(key):
@@ -54,14 +53,16 @@ def all_raw_files():
 
 def prepare_targets():
     vs = config["prepare"]["voxel_sets"]
-    return expand("results/prepared/{voxels}/subj{subject}.h5", voxels=vs, subject=SUBJECTS) + expand(
-        "results/prepared/stimuli/subj{subject}.csv", subject=SUBJECTS
-    )
+    return expand(
+        "results/prepared/{voxels}/subj{subject}.h5", voxels=vs, subject=SUBJECTS
+    ) + expand("results/prepared/stimuli/subj{subject}.csv", subject=SUBJECTS)
 
 
 def synth_extra_files():
     """Files synth writes beyond what the run reads: the other betas format twin."""
     other = "hdf5" if config["nsd"]["betas_format"] == "nii.gz" else "nii.gz"
     return [
-        nsd_path(layout.betas_key(int(s), ses, other)) for s in SUBJECTS for ses in SESSIONS
+        nsd_path(layout.betas_key(int(s), ses, other))
+        for s in SUBJECTS
+        for ses in SESSIONS
     ] + [nsd_path(layout.stim_info_key("pkl"))]

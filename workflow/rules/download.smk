@@ -5,11 +5,10 @@ if config["nsd"]["source"] == "synthetic":
 
     rule synth_nsd:
         output:
-            all_raw_files() + synth_extra_files() + coco_caption_paths(),
+            all_raw_files() + synth_extra_files(),
+            coco=coco_caption_paths(),
             planted=f"{NSD_ROOT}/synthetic_planted.json",
         params:
-            root=NSD_ROOT,
-            coco_root=COCO_ROOT,
             subjects=[int(s) for s in SUBJECTS],
             sessions=config["nsd"]["sessions"],
             **config["synth"],

@@ -18,6 +18,9 @@ ALL_SUBJECTS = (1, 2, 3, 4, 5, 6, 7, 8)
 #: the subjects who completed all 40 sessions and that the papers use
 PAPER_SUBJECTS = (1, 2, 5, 7)
 
+#: number of NSD scan sessions each subject completed
+SESSIONS_PER_SUBJECT = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
+
 #: func1pt8mm volume shapes (X, Y, Z) of the real data
 FUNC1PT8MM_SHAPES = {1: (81, 104, 83), 2: (82, 106, 84), 5: (79, 97, 78), 7: (78, 95, 81)}
 #: nsdgeneral voxel counts of the real data
