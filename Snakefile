@@ -26,4 +26,15 @@ include: "workflow/rules/prepare.smk"
 rule all:
     default_target: True
     input:
+        raw_targets(),
+        prepare_targets(),
+
+
+rule raw_all:
+    input:
+        raw_targets(),
+
+
+rule prepare_all:
+    input:
         prepare_targets(),

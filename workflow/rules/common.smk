@@ -51,6 +51,11 @@ def all_raw_files():
     return [nsd_path(k) for k in keys]
 
 
+def raw_targets():
+    """Every raw input (NSD files incl. anatomy for plotting, COCO captions)."""
+    return all_raw_files() + coco_caption_paths()
+
+
 def prepare_targets():
     vs = config["prepare"]["voxel_sets"]
     return expand(
