@@ -23,38 +23,44 @@ if config["nsd"]["source"] == "synthetic":
 
 else:
 
+    # Params given as functions of `output` are ignored by Snakemake's params rerun trigger:
+    # where a file comes from (bucket or a mirror) and how hard we try (retries, back-off,
+    # timeout) do not change its content, so changing them must not re-download the raw data
+    # and rerun everything downstream (tests/test_download.py checks this).
+
     rule download_nsd_file:
         output:
             f"{NSD_ROOT}/{{key}}",
-        params:
-            base_url=config["nsd"]["base_url"],
-            key="{key}",
-            retries=config["nsd"]["download"]["retries"],
-            backoff_s=config["nsd"]["download"]["backoff_s"],
-            timeout_s=config["nsd"]["download"]["timeout_s"],
-        wildcard_constraints:
-            key=r"nsddata(_betas|_stimuli)?/.+",
         log:
             "logs/download/{key}.log",
+        wildcard_constraints:
+            key=r"nsddata(_betas|_stimuli)?/.+",
+        retries: 0  # brainrecon.nsd.download retries (back-off, resume) itself
         localrule: True
-        retries: 0
         conda:
             "../../envs/base.yaml"
+        params:
+            base_url=lambda wildcards, output: config["nsd"]["base_url"],
+            key="{key}",
+            retries=lambda wildcards, output: config["nsd"]["download"]["retries"],
+            backoff_s=lambda wildcards, output: config["nsd"]["download"]["backoff_s"],
+            timeout_s=lambda wildcards, output: config["nsd"]["download"]["timeout_s"],
         script:
             "../scripts/download_nsd_file.py"
 
     rule download_coco_captions:
         output:
             coco_caption_paths(),
-        params:
-            url=config["nsd"]["coco_url"],
-            retries=config["nsd"]["download"]["retries"],
-            backoff_s=config["nsd"]["download"]["backoff_s"],
-            timeout_s=config["nsd"]["download"]["timeout_s"],
         log:
             "logs/download/coco_captions.log",
+        retries: 0
         localrule: True
         conda:
             "../../envs/base.yaml"
+        params:
+            url=lambda wildcards, output: config["nsd"]["coco_url"],
+            retries=lambda wildcards, output: config["nsd"]["download"]["retries"],
+            backoff_s=lambda wildcards, output: config["nsd"]["download"]["backoff_s"],
+            timeout_s=lambda wildcards, output: config["nsd"]["download"]["timeout_s"],
         script:
             "../scripts/download_coco.py"

@@ -68,6 +68,14 @@ class DownloadError(RuntimeError):
         super().__init__(f"{where}: {reason}")
 
 
+def _default_mode() -> int:
+    """0o666 minus the process umask: what a plain ``open(..., "w")`` would create (the
+    temporary files of atomic_path are 0600, too strict for a shared data mirror)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 class _Final(Exception):
     """Internal: an attempt failed in a way that retrying cannot fix."""
 
@@ -443,6 +451,7 @@ def download_file(
     attempts = retries + 1
     state = _State()
     last_reason = "no attempt made"
+    t0 = time.monotonic()
     try:
         with atomic_path(dest) as tmp:
             for attempt in range(1, attempts + 1):
@@ -470,7 +479,11 @@ def download_file(
                     last_reason = f"verification failed: {exc.reason}"
                     state.have = 0
                     continue
-                log.info("%s: %d bytes downloaded and verified", key, tmp.stat().st_size)
+                os.chmod(tmp, _default_mode())
+                log.info(
+                    "%s: %d bytes downloaded%s in %.1f s",
+                    key, tmp.stat().st_size, " and verified" if verify else "", time.monotonic() - t0,
+                )
                 break
             else:
                 raise DownloadError(
@@ -541,6 +554,7 @@ def download_coco_captions(url: str, coco_root, members=layout.COCO_CAPTION_FILE
                         verify_file(tmp, member)
                     except DownloadError as exc:
                         raise DownloadError(member, url, f"extracted from {zip_name}: {exc.reason}") from None
+                    os.chmod(tmp, _default_mode())
                 written.append(out)
                 log.info("extracted %s -> %s", arc, out)
     except BaseException:
