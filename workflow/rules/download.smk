@@ -8,16 +8,16 @@ if config["nsd"]["source"] == "synthetic":
             all_raw_files() + synth_extra_files(),
             coco=coco_caption_paths(),
             planted=f"{NSD_ROOT}/synthetic_planted.json",
-        params:
-            subjects=[int(s) for s in SUBJECTS],
-            sessions=config["nsd"]["sessions"],
-            **config["synth"],
         log:
             "logs/synth/synth_nsd.log",
         benchmark:
             "benchmarks/synth/synth_nsd.tsv"
         conda:
             "../../envs/base.yaml"
+        params:
+            **config["synth"],
+            subjects=[int(s) for s in SUBJECTS],
+            sessions=config["nsd"]["sessions"],
         script:
             "../scripts/synth_nsd.py"
 
