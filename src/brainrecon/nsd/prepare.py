@@ -243,7 +243,7 @@ def prepare_subject(
     out_h5 = Path(out_h5)
     with atomic_path(out_h5) as tmp:
         with h5py.File(tmp, "w", rdcc_nbytes=32 * 2**20) as f:
-            ccols = min(V, 512)
+            ccols = min(V, 256)
 
             def _mk(name, n):
                 return f.create_dataset(
