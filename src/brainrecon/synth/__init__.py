@@ -1,1 +1,20 @@
-"""brainrecon.synth"""
+"""Synthetic mini-NSD: a seeded generator that writes the real NSD layout with a planted signal.
+
+Public API::
+
+    generate(root, coco_root, subjects=(1, 2, 5, 7), sessions=2, n_images=40, n_shared=8,
+             n_reps=3, snr=2.0, noise_fraction=0.2, image_size=425, seed=0, shapes=None,
+             progress=True) -> dict
+    DEFAULT_SHAPES                      # subject -> (X, Y, Z) func1pt8mm shape
+    load_planted(root) -> dict          # parsed <root>/synthetic_planted.json
+    planted_drive(root, subject) -> (ijk (V, 3), group (V,), nsd_ids (N,), drive (N, V) psc)
+
+See :mod:`brainrecon.synth.planted` for the exact signal model and
+:mod:`brainrecon.synth.design` / :mod:`brainrecon.synth.volumes` for the design and geometry.
+"""
+
+from .generate import DEFAULT_SHAPES, generate
+from .images import CATEGORIES
+from .planted import PLANTED_FILE, load_planted, planted_drive
+
+__all__ = ["generate", "DEFAULT_SHAPES", "load_planted", "planted_drive", "CATEGORIES", "PLANTED_FILE"]
