@@ -1,0 +1,451 @@
+"""Model registry: one name ("role") per pretrained model, resolved to real or tiny weights.
+
+A role names a Hugging Face repository and the components the pipeline uses from it:
+
+====== ================================= =====================================================
+role   repository                        components (subfolder)
+====== ================================= =====================================================
+vd     shi-labs/versatile-diffusion      image_unet, text_unet, vae, image_encoder,
+                                         text_encoder, tokenizer, image_feature_extractor,
+                                         scheduler
+clip   openai/clip-vit-large-patch14     model, tokenizer, image_processor (repo root)
+sd     CompVis/stable-diffusion-v1-4     unet, vae, text_encoder, tokenizer, scheduler
+====== ================================= =====================================================
+
+Three ways to a folder with the real on-disk layout (``model_index.json`` + one folder
+per component, ``config.json`` + ``diffusion_pytorch_model.safetensors`` /
+``model.safetensors``, tokenizer and processor files):
+
+- :func:`fetch_model` downloads the needed files once (machine with internet; the
+  workflow's local rule ``fetch_models`` writes ``resources/models/<role>``);
+- :func:`build_tiny` builds the same classes from tiny configs with seeded random
+  weights (:mod:`brainrecon.models.tiny`) and saves them with ``save_pretrained``;
+- :func:`prepare_role` picks one of the two from ``source``.
+
+:func:`load_role` then loads any such folder component by component with
+``from_pretrained`` — the same code for real and tiny weights. (Versatile Diffusion is
+loaded one component at a time on purpose: diffusers 0.42 cannot load the saved pipeline
+as a whole because of ``text_unet``.) Every scheduler is loaded as ``DDIMScheduler``
+from the repo's scheduler config (SD v1-4 ships a PNDM config; the timesteps of DDIM with
+that config's ``steps_offset=1`` are those of the CompVis DDIM sampler).
+
+Other roles (sd2_depth, blip, dpt, ...) are added with :func:`register_role`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from ..io import atomic_dir
+
+SOURCES = ("tiny", "pretrained")
+
+# file names of one model's weights, in order of preference (safetensors first)
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One component of a role.
+
+    name: attribute name on the loaded :class:`Components`.
+    subfolder: folder inside the repo (``None`` = repo root).
+    library, class_name: as written in ``model_index.json`` and used to load it
+        (``"module:Class"`` given in ``load_class`` overrides the class used to load).
+    kind: ``model`` (weights + config.json), ``tokenizer``, ``processor`` or ``scheduler``.
+    weights: candidate weight file names, preferred first (models only).
+    tokenizer_json: whether the real repo's tokenizer folder has ``tokenizer.json``.
+    """
+
+    name: str
+    subfolder: str | None
+    library: str
+    class_name: str
+    kind: str
+    load_class: str
+    weights: tuple[str, ...] = ()
+    tokenizer_json: bool = False
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """A role: repository id, its components, and how to build the tiny stand-in.
+
+    build_tiny: ``"module:function"``, ``function(seed) -> {component name: object}``.
+    postprocess: ``"module:function"``, ``function(components, **options) -> components``
+        applied by :func:`load_role` (e.g. Versatile Diffusion's dual-guided UNet).
+    pipeline_class: ``_class_name`` of ``model_index.json`` (``None``: no model_index).
+    """
+
+    name: str
+    repo_id: str
+    components: tuple[ComponentSpec, ...]
+    build_tiny: str
+    postprocess: str | None = None
+    pipeline_class: str | None = None
+    extra_patterns: tuple[str, ...] = field(default_factory=tuple)
+
+    def component(self, name: str) -> ComponentSpec:
+        for c in self.components:
+            if c.name == name:
+                return c
+        raise KeyError(f"role {self.name!r} has no component {name!r}; it has {[c.name for c in self.components]}")
+
+
+class Components(SimpleNamespace):
+    """The loaded components of one role: one attribute per component name, plus
+    ``role`` (str), ``source`` ("tiny" | "pretrained"), ``path`` (folder or hub id) and
+    whatever the role's post-load step adds (VD: ``text_len``, ``image_len``)."""
+
+    def names(self) -> list[str]:
+        """The role's component names (registry order)."""
+        return [c.name for c in get_role(self.role).components]
+
+
+def _diffusers_model(name, sub, cls, library="diffusers", load_class=None):
+    return ComponentSpec(name, sub, library, cls, "model", load_class or f"diffusers:{cls}", DIFFUSERS_WEIGHTS)
+
+
+def _transformers_model(name, sub, cls):
+    return ComponentSpec(name, sub, "transformers", cls, "model", f"transformers:{cls}", TRANSFORMERS_WEIGHTS)
+
+
+def _tokenizer(name, sub, tokenizer_json=False):
+    return ComponentSpec(name, sub, "transformers", "CLIPTokenizer", "tokenizer", "transformers:CLIPTokenizer",
+                         tokenizer_json=tokenizer_json)
+
+
+def _processor(name, sub):
+    return ComponentSpec(name, sub, "transformers", "CLIPImageProcessor", "processor",
+                         "transformers:CLIPImageProcessor")
+
+
+def _scheduler(name, sub, saved_class):
+    # loaded as DDIM whatever class the repo saved
+    return ComponentSpec(name, sub, "diffusers", saved_class, "scheduler", "diffusers:DDIMScheduler")
+
+
+_VD_TEXT_UNET = "diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet:UNetFlatConditionModel"
+
+ROLES: dict[str, RoleSpec] = {}
+
+
+def register_role(spec: RoleSpec, replace: bool = False) -> None:
+    """Add a role to :data:`ROLES` (``replace=True`` to redefine an existing one)."""
+    if spec.name in ROLES and not replace:
+        raise ValueError(f"model role {spec.name!r} is already registered")
+    ROLES[spec.name] = spec
+
+
+register_role(RoleSpec(
+    name="vd",
+    repo_id="shi-labs/versatile-diffusion",
+    components=(
+        _diffusers_model("image_unet", "image_unet", "UNet2DConditionModel"),
+        # the hub's model_index names the old pipeline module for text_unet
+        _diffusers_model("text_unet", "text_unet", "UNetFlatConditionModel", library="versatile_diffusion",
+                         load_class=_VD_TEXT_UNET),
+        _diffusers_model("vae", "vae", "AutoencoderKL"),
+        _transformers_model("image_encoder", "image_encoder", "CLIPVisionModelWithProjection"),
+        _transformers_model("text_encoder", "text_encoder", "CLIPTextModelWithProjection"),
+        _tokenizer("tokenizer", "tokenizer"),
+        _processor("image_feature_extractor", "image_feature_extractor"),
+        _scheduler("scheduler", "scheduler", "DDIMScheduler"),
+    ),
+    build_tiny="brainrecon.models.tiny:build_vd_components",
+    postprocess="brainrecon.models.vd:prepare_vd_components",
+    pipeline_class="VersatileDiffusionPipeline",
+))
+
+register_role(RoleSpec(
+    name="clip",
+    repo_id="openai/clip-vit-large-patch14",
+    components=(
+        _transformers_model("model", None, "CLIPModel"),
+        _tokenizer("tokenizer", None, tokenizer_json=True),
+        _processor("image_processor", None),
+    ),
+    build_tiny="brainrecon.models.tiny:build_clip_components",
+))
+
+register_role(RoleSpec(
+    name="sd",
+    repo_id="CompVis/stable-diffusion-v1-4",
+    components=(
+        _diffusers_model("unet", "unet", "UNet2DConditionModel"),
+        _diffusers_model("vae", "vae", "AutoencoderKL"),
+        _transformers_model("text_encoder", "text_encoder", "CLIPTextModel"),
+        _tokenizer("tokenizer", "tokenizer"),
+        _scheduler("scheduler", "scheduler", "PNDMScheduler"),
+    ),
+    build_tiny="brainrecon.models.tiny:build_sd_components",
+    pipeline_class="StableDiffusionPipeline",
+))
+
+
+def get_role(role: str) -> RoleSpec:
+    try:
+        return ROLES[role]
+    except KeyError:
+        raise KeyError(f"unknown model role {role!r}; known roles: {sorted(ROLES)}") from None
+
+
+def _resolve(ref: str):
+    module, _, attr = ref.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _folder(root: Path, spec: ComponentSpec) -> Path:
+    return root / spec.subfolder if spec.subfolder else root
+
+
+def _prefix(spec: ComponentSpec) -> str:
+    return f"{spec.subfolder}/" if spec.subfolder else ""
+
+
+# ----------------------------------------------------------------------------- fetching
+def _weight_files(files_in_folder: set[str], candidates: tuple[str, ...]) -> list[str] | None:
+    """Pick one weight set among ``candidates`` (single file, or index + shards)."""
+    for name in candidates:
+        if name in files_in_folder:
+            return [name]
+        index = f"{name}.index.json"
+        if index in files_in_folder:
+            base, ext = name.rsplit(".", 1)
+            shard = re.compile(rf"{re.escape(base)}-\d+-of-\d+\.{re.escape(ext)}")
+            shards = sorted(f for f in files_in_folder if shard.fullmatch(f))
+            if shards:
+                return [index, *shards]
+    return None
+
+
+def select_repo_files(role: str, repo_files) -> list[str]:
+    """The files of the repo listing ``repo_files`` that :func:`load_role` needs.
+
+    Per model component: its ``config.json`` and one weight set (safetensors preferred
+    over ``.bin``; fp16 / non-EMA variants and single-file checkpoints are never taken).
+    Tokenizer, processor and scheduler folders: their ``.json`` / ``.txt`` files. Plus
+    ``model_index.json`` where the repo has one. Raises ``FileNotFoundError`` naming the
+    repo and folder when a component is missing.
+    """
+    spec = get_role(role)
+    repo_files = set(repo_files)
+    chosen: list[str] = []
+    if "model_index.json" in repo_files:
+        chosen.append("model_index.json")
+    for comp in spec.components:
+        prefix = _prefix(comp)
+        here = {f[len(prefix):] for f in repo_files if f.startswith(prefix) and "/" not in f[len(prefix):]}
+        if comp.kind == "model":
+            if "config.json" not in here:
+                raise FileNotFoundError(f"{spec.repo_id}: no {prefix}config.json for component {comp.name!r}")
+            weights = _weight_files(here, comp.weights)
+            if weights is None:
+                raise FileNotFoundError(
+                    f"{spec.repo_id}: none of {list(comp.weights)} (or sharded forms) in {prefix or 'repo root'} "
+                    f"for component {comp.name!r}"
+                )
+            chosen += [prefix + "config.json"] + [prefix + w for w in weights]
+        else:
+            if comp.kind == "tokenizer":
+                wanted = {"tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                          "tokenizer.json", "added_tokens.json"}
+            elif comp.kind == "processor":
+                wanted = {"preprocessor_config.json"}
+            else:
+                wanted = {"scheduler_config.json"}
+            found = sorted(here & wanted)
+            if not found:
+                raise FileNotFoundError(f"{spec.repo_id}: no {sorted(wanted)} in {prefix or 'repo root'} "
+                                        f"for component {comp.name!r}")
+            chosen += [prefix + f for f in found]
+    for pat in spec.extra_patterns:
+        chosen += sorted(f for f in repo_files if re.fullmatch(pat, f))
+    return sorted(dict.fromkeys(chosen))
+
+
+def fetch_model(role: str, dest, revision: str | None = None, token: str | None = None) -> Path:
+    """Download the files ``role`` needs from the Hugging Face hub into ``dest`` (atomically).
+
+    Lists the repository, keeps :func:`select_repo_files`, and calls
+    ``huggingface_hub.snapshot_download(allow_patterns=<those files>, local_dir=...)``.
+    Needs internet; run once (the local rule ``fetch_models``), later jobs load ``dest``
+    offline (``HF_HUB_OFFLINE=1``).
+    """
+    from huggingface_hub import HfApi, snapshot_download
+
+    spec = get_role(role)
+    files = HfApi(token=token).list_repo_files(spec.repo_id, revision=revision)
+    wanted = select_repo_files(role, files)
+    dest = Path(dest)
+    with atomic_dir(dest) as tmp:
+        snapshot_download(spec.repo_id, revision=revision, allow_patterns=wanted, local_dir=str(tmp), token=token)
+        missing = [f for f in wanted if not (tmp / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"download of {spec.repo_id} into {dest} is missing {missing}")
+        # huggingface_hub keeps download metadata in .cache/ inside local_dir; not part of the layout
+        cache = tmp / ".cache"
+        if cache.exists():
+            shutil.rmtree(cache)
+    return dest
+
+
+# ----------------------------------------------------------------------------- tiny
+def _model_index(spec: RoleSpec) -> dict:
+    import diffusers
+
+    index = {"_class_name": spec.pipeline_class, "_diffusers_version": diffusers.__version__}
+    for comp in spec.components:
+        index[comp.name] = [comp.library, comp.class_name]
+    return index
+
+
+def save_components(role: str, parts: dict, dest) -> Path:
+    """Save ``parts`` ({component name: object}) of ``role`` into ``dest`` in the repo's layout (atomically)."""
+    from .tiny import save_clip_tokenizer
+
+    spec = get_role(role)
+    missing = [c.name for c in spec.components if c.name not in parts]
+    if missing:
+        raise ValueError(f"cannot save role {role!r}: components {missing} missing")
+    dest = Path(dest)
+    with atomic_dir(dest) as tmp:
+        for comp in spec.components:
+            obj = parts[comp.name]
+            folder = _folder(tmp, comp)
+            folder.mkdir(parents=True, exist_ok=True)
+            if comp.kind == "tokenizer":
+                save_clip_tokenizer(obj, folder, with_tokenizer_json=comp.tokenizer_json)
+            elif comp.kind == "model":
+                obj.save_pretrained(str(folder))
+            else:
+                obj.save_pretrained(str(folder))
+        if spec.pipeline_class:
+            (tmp / "model_index.json").write_text(json.dumps(_model_index(spec), indent=2) + "\n")
+    return dest
+
+
+def build_tiny(role: str, dest, seed: int = 0) -> Path:
+    """Build the tiny stand-in of ``role`` (seeded random weights) and save it in the real layout at ``dest``."""
+    spec = get_role(role)
+    parts = _resolve(spec.build_tiny)(seed)
+    return save_components(role, parts, dest)
+
+
+def prepare_role(role: str, dest, source: str, seed: int = 0, revision: str | None = None) -> Path:
+    """Write ``resources/models/<role>``-style folder ``dest``: download (pretrained) or build (tiny)."""
+    if source == "pretrained":
+        return fetch_model(role, dest, revision=revision)
+    if source == "tiny":
+        return build_tiny(role, dest, seed=seed)
+    raise ValueError(f"model source must be one of {SOURCES}, got {source!r}")
+
+
+# ----------------------------------------------------------------------------- loading
+_TINY_CACHE: dict[tuple[str, int], Path] = {}
+_TINY_TMP: list[tempfile.TemporaryDirectory] = []
+
+
+def _tiny_folder(role: str, seed: int) -> Path:
+    key = (role, int(seed))
+    if key not in _TINY_CACHE:
+        tmp = tempfile.TemporaryDirectory(prefix=f"brainrecon-tiny-{role}-")
+        _TINY_TMP.append(tmp)
+        _TINY_CACHE[key] = build_tiny(role, Path(tmp.name) / role, seed=seed)
+    return _TINY_CACHE[key]
+
+
+def _load_component(comp: ComponentSpec, where: str, local: bool, dtype, revision):
+    cls = _resolve(comp.load_class)
+    kwargs = {}
+    if comp.subfolder:
+        kwargs["subfolder"] = comp.subfolder
+    if local:
+        kwargs["local_files_only"] = True
+    elif revision is not None:
+        kwargs["revision"] = revision
+    if comp.kind == "model":
+        if comp.load_class.startswith("transformers:"):
+            kwargs["dtype"] = dtype
+        else:
+            kwargs["torch_dtype"] = dtype
+    return cls.from_pretrained(where, **kwargs)
+
+
+def load_role(
+    role: str,
+    source: str = "tiny",
+    path=None,
+    device="cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    postprocess: bool = True,
+    revision: str | None = None,
+    **options,
+) -> Components:
+    """Load the components of ``role``.
+
+    path: a folder written by :func:`fetch_model` / :func:`build_tiny` (the normal case;
+        ``source`` then only labels the result). Without ``path``: ``source="tiny"`` builds
+        the tiny stand-in into a temporary folder (once per process and seed) and loads it;
+        ``source="pretrained"`` loads from the hub id (cache / network).
+    device, dtype: models are moved to ``device`` and loaded in ``dtype``; they are put in
+        eval mode with gradients off.
+    postprocess: apply the role's post-load step (Versatile Diffusion: build the
+        dual-guided image UNet, see :func:`brainrecon.models.vd.prepare_vd_components`);
+        ``options`` are passed to it.
+    """
+    spec = get_role(role)
+    if source not in SOURCES:
+        raise ValueError(f"model source must be one of {SOURCES}, got {source!r}")
+    if path is not None:
+        root = Path(path)
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"model folder {root} for role {role!r} does not exist; create it with fetch_model / build_tiny "
+                f"(workflow rule fetch_models)"
+            )
+        for comp in spec.components:
+            folder = _folder(root, comp)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"model folder {root} (role {role!r}) has no {comp.subfolder!r} folder")
+        where, local = str(root), True
+    elif source == "tiny":
+        where, local = str(_tiny_folder(role, seed)), True
+    else:
+        where, local = spec.repo_id, False
+
+    parts = Components(role=role, source=source, path=where)
+    for comp in spec.components:
+        try:
+            obj = _load_component(comp, where, local, dtype, revision)
+        except Exception as exc:
+            raise RuntimeError(f"loading component {comp.name!r} of role {role!r} from {where} failed: {exc}") from exc
+        if comp.kind == "model":
+            obj = obj.to(device).eval()
+            obj.requires_grad_(False)
+        setattr(parts, comp.name, obj)
+    if postprocess and spec.postprocess:
+        parts = _resolve(spec.postprocess)(parts, **options)
+    elif options:
+        raise TypeError(f"unexpected options for role {role!r}: {sorted(options)}")
+    return parts
+
+
+__all__ = [
+    "ROLES", "SOURCES", "ComponentSpec", "RoleSpec", "Components", "register_role", "get_role",
+    "select_repo_files", "fetch_model", "save_components", "build_tiny", "prepare_role", "load_role",
+]
