@@ -75,12 +75,14 @@ def ridge_predict_test(train_X, train_Y, test_X, out_path, *, alphas, cv=5, back
     Returns a summary dict.
     """
     t0 = time.perf_counter()
-    test_X = _check_design(test_X, "test_X")
+    train_X = _check_design(train_X, "train_X")
+    p = train_X.shape[1]
+    test_X = _check_design(test_X, "test_X", p)
     extra = {}
     for name, Xe in (extra_X or {}).items():
         if not isinstance(name, str) or not name or "/" in name:
             raise ValueError(f"extra_X key {name!r} must be a non-empty name without '/'")
-        extra[name] = _check_design(Xe, f"extra_X[{name!r}]")
+        extra[name] = _check_design(Xe, f"extra_X[{name!r}]", p)
     if restandardise_pred and test_X.shape[0] < 2:
         raise ValueError(f"test_X needs at least 2 rows to re-standardise predictions, got {test_X.shape[0]}")
     dec = KernelRidgeDecoder(alphas=alphas, cv=cv, backend=backend, target_batch=target_batch,
@@ -88,8 +90,6 @@ def ridge_predict_test(train_X, train_Y, test_X, out_path, *, alphas, cv=5, back
                              per_target_alpha=per_target_alpha, target_groups=target_groups,
                              progress=progress, x_ddof=x_ddof)
     dec.fit(train_X, train_Y)
-    if test_X.shape[1] != dec.n_features_in_:
-        raise ValueError(f"test_X has {test_X.shape[1]} features but train_X has {dec.n_features_in_}")
     t_fit = time.perf_counter() - t0
     shape = tuple(dec.target_shape_)
     sizes = [test_X.shape[0]] + [x.shape[0] for x in extra.values()]
