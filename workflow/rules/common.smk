@@ -71,3 +71,10 @@ def synth_extra_files():
         for s in SUBJECTS
         for ses in SESSIONS
     ] + [nsd_path(layout.stim_info_key("pkl"))]
+
+
+def model_dir(role):
+    """Folder of a model role: fetched real weights or the tiny random-weight stand-in."""
+    m = config["models"]
+    root = m["root"] if m["source"] == "pretrained" else m["tiny_root"]
+    return f"{root}/{role}"
