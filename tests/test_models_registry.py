@@ -130,6 +130,9 @@ def test_sd_scheduler_loaded_as_ddim_with_compvis_grid(tiny_dirs):
 
     sd = load_role("sd", path=tiny_dirs["sd"])
     assert isinstance(sd.scheduler, DDIMScheduler)
+    # reference DDIM: no x0 clipping (DDIMScheduler's default would clip), last step to alphas_cumprod[0]
+    assert sd.scheduler.config.clip_sample is False and sd.scheduler.config.set_alpha_to_one is False
+    assert float(sd.scheduler.final_alpha_cumprod) == float(sd.scheduler.alphas_cumprod[0])
     sd.scheduler.set_timesteps(50)
     # CompVis DDIM: range(0, 1000, 20) + 1, descending
     assert sd.scheduler.timesteps.tolist() == list(range(981, 0, -20))
@@ -392,3 +395,52 @@ def test_load_role_without_path_builds_tiny_in_a_temp_folder():
     built = tiny.build_sd_components(0)
     _same_state(built["unet"], parts.unet)
     assert parts.source == "tiny" and parts.names() == ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
+
+
+def test_fetch_model_downloads_selected_files_atomically(tmp_path, monkeypatch):
+    """fetch_model with the hub client replaced by a fake (no network here): right files, atomic folder."""
+    import huggingface_hub
+
+    from brainrecon.models.registry import fetch_model
+
+    listing = ["model_index.json", "sd-v1-4.ckpt", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+               "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
+               "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
+               "text_encoder/model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt",
+               "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"]
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def list_repo_files(self, repo_id, revision=None):
+            calls["listed"] = (repo_id, revision)
+            return listing
+
+    def fake_download(repo_id, revision=None, allow_patterns=None, local_dir=None, token=None, skip=()):
+        calls["allow"] = list(allow_patterns)
+        for f in allow_patterns:
+            if f in skip:
+                continue
+            p = tmp_path.joinpath(local_dir, f)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text("x")
+        (tmp_path / local_dir / ".cache").mkdir()
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    dest = fetch_model("sd", tmp_path / "models" / "sd", revision="abc")
+    assert calls["listed"] == ("CompVis/stable-diffusion-v1-4", "abc")
+    assert "sd-v1-4.ckpt" not in calls["allow"] and "unet/diffusion_pytorch_model.fp16.safetensors" not in calls["allow"]
+    got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert got == sorted(calls["allow"]) and not (dest / ".cache").exists()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["sd"]  # no temporary folder left
+
+    # an incomplete download raises and leaves nothing under the final name
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *a, **k: fake_download(*a, **k, skip=("vae/config.json",)))
+    with pytest.raises(FileNotFoundError, match="vae/config.json"):
+        fetch_model("sd", tmp_path / "models2" / "sd")
+    assert list((tmp_path / "models2").iterdir()) == []

@@ -26,8 +26,8 @@ per component, ``config.json`` + ``diffusion_pytorch_model.safetensors`` /
 ``from_pretrained`` — the same code for real and tiny weights. (Versatile Diffusion is
 loaded one component at a time on purpose: diffusers 0.42 cannot load the saved pipeline
 as a whole because of ``text_unet``.) Every scheduler is loaded as ``DDIMScheduler``
-from the repo's scheduler config (SD v1-4 ships a PNDM config; the timesteps of DDIM with
-that config's ``steps_offset=1`` are those of the CompVis DDIM sampler).
+from the repo's scheduler config with :data:`DDIM_OVERRIDES` (SD v1-4 ships a PNDM config;
+DDIM with that config's ``steps_offset=1`` has the timesteps of the CompVis DDIM sampler).
 
 Other roles (sd2_depth, blip, dpt, ...) are added with :func:`register_role`.
 """
@@ -48,6 +48,12 @@ import torch
 from ..io import atomic_dir
 
 SOURCES = ("tiny", "pretrained")
+
+# Every scheduler is loaded as DDIM with these settings, whatever the repo's config says: the
+# reference (CompVis / Versatile Diffusion) DDIM samplers never clip the x0 prediction, and
+# their last step goes to alphas_cumprod[0] (not 1). DDIMScheduler's own defaults differ
+# (clip_sample=True), and a PNDM config (SD v1-4) does not set clip_sample at all.
+DDIM_OVERRIDES = {"clip_sample": False, "set_alpha_to_one": False, "thresholding": False}
 
 # file names of one model's weights, in order of preference (safetensors first)
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -377,6 +383,8 @@ def _load_component(comp: ComponentSpec, where: str, local: bool, dtype, revisio
         kwargs["local_files_only"] = True
     elif revision is not None:
         kwargs["revision"] = revision
+    if comp.kind == "scheduler":
+        kwargs.update(DDIM_OVERRIDES)
     if comp.kind == "model":
         if comp.load_class.startswith("transformers:"):
             kwargs["dtype"] = dtype
