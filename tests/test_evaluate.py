@@ -408,6 +408,20 @@ def test_pretrained_weights_from_cache_or_clear_error(tmp_path, monkeypatch):
     tiny.save_pretrained(tmp_path / "clip_tiny")
     loaded = build_eval_net("clip", tmp_path / "clip_tiny")
     assert torch.equal(loaded.visual_projection.weight, tiny.visual_projection.weight)
+    # a full CLIPModel folder (openai repo layout, models registry 'clip'): the vision tower and
+    # its projection are taken, projection_dim from the top-level config
+    from transformers import CLIPConfig, CLIPModel
+
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=12, num_attention_heads=4, patch_size=14)
+    text = dict(hidden_size=24, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4, vocab_size=99)
+    full = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    full.save_pretrained(tmp_path / "clip_full")
+    loaded = build_eval_net("clip", tmp_path / "clip_full")
+    assert loaded.visual_projection.weight.shape == (16, 32)
+    assert torch.equal(loaded.visual_projection.weight, full.visual_projection.weight)
+    assert torch.equal(
+        loaded.vision_model.encoder.layers[11].mlp.fc2.weight, full.vision_model.encoder.layers[11].mlp.fc2.weight
+    )
 
 
 def _fake_swav_checkpoint(seed):

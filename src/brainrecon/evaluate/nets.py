@@ -26,7 +26,8 @@ Networks (``name``: architecture class -> pretrained weights):
 Layers (``extract_features(..., layers=[...])``): any module name of a torchvision net
 (``dict(model.named_modules())``), captured with a forward hook and flattened; for CLIP,
 ``"image_embeds"`` (projected CLS embedding = OpenAI ``encode_image``) and
-``"hidden_states.K"`` (``hidden_states[K]`` of ``output_hidden_states=True``; 0 = the embeddings after ``pre_layrnorm``, K = output of block K).
+``"hidden_states.K"`` (``hidden_states[K]`` with ``output_hidden_states=True``; 0 = the embeddings after
+``pre_layrnorm``, K = output of block K).
 The layers the metrics use are listed in :data:`STANDARD_LAYERS`.
 
 Preprocessing conventions (:data:`CONVENTIONS`; every image is first scaled to float [0, 1]):
@@ -235,17 +236,31 @@ def load_swav_state_dict(model: torch.nn.Module, state_dict: dict, source: str =
 
 
 def _build_clip(weights, seed, cache_dir):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    """CLIP vision tower + projection: tiny, or from a repo id / folder (CLIPModel or vision-only).
+
+    A full ``CLIPModel`` checkpoint (the openai repo, the models registry's ``clip`` folder)
+    keeps ``projection_dim`` at the top level of its config; transformers does not pass it on
+    to the vision config, so it is copied here before loading (otherwise ``visual_projection``
+    would not match). The text tower's weights are ignored.
+    """
+    from transformers import AutoConfig, CLIPConfig, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     if weights == "tiny":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_CONFIG))
     src = CLIP_REPO if weights == "pretrained" else str(weights)
+    kw = dict(local_files_only=True, cache_dir=None if cache_dir is None else str(cache_dir))
     try:
-        return CLIPVisionModelWithProjection.from_pretrained(
-            src, local_files_only=True, cache_dir=None if cache_dir is None else str(cache_dir)
-        )
+        cfg = AutoConfig.from_pretrained(src, **kw)
+        if isinstance(cfg, CLIPConfig):
+            vcfg = cfg.vision_config
+            vcfg.projection_dim = cfg.projection_dim
+        elif isinstance(cfg, CLIPVisionConfig):
+            vcfg = cfg
+        else:
+            raise ValueError(f"clip: {src!r} holds a {type(cfg).__name__}, not a CLIP model")
+        return CLIPVisionModelWithProjection.from_pretrained(src, config=vcfg, **kw)
     except OSError as exc:
         raise FileNotFoundError(
             f"clip: {src!r} is not available locally (Hugging Face cache {cache_dir or 'default'}); nothing is "
