@@ -362,8 +362,15 @@ def test_null_voxels_fdr_fraction_at_most_q():
         X = rng.standard_normal((260, 24))
         Y = rng.standard_normal((260, 2000)).astype(np.float32)
         res = encoding_analysis(
-            X[:200], Y[:200], X[200:], Y[200:], alphas=[1.0, 100.0, 1e4], cv=3, n_components=12,
-            q=q, progress=False,
+            X[:200],
+            Y[:200],
+            X[200:],
+            Y[200:],
+            alphas=[1.0, 100.0, 1e4],
+            cv=3,
+            n_components=12,
+            q=q,
+            progress=False,
         )
         frac = res["significant"].mean()
         assert frac <= q, (seed, frac)

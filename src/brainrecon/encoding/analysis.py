@@ -43,7 +43,7 @@ def _shape2(x, name: str) -> tuple[int, int]:
 
 
 def _ridge_class():
-    from brainrecon.regression.ridge import KernelRidgeDecoder
+    from brainrecon.regression import KernelRidgeDecoder
 
     return KernelRidgeDecoder
 
@@ -138,7 +138,14 @@ def encoding_analysis(
     significant, p_adj = fdr_bh(p, q)
     log.info(
         "encoding: %d train, %d test, %d -> %d features, %d voxels: median r %.3f, %d significant (q=%g)",
-        n, m, d, k, V, float(np.median(r)), int(significant.sum()), q,
+        n,
+        m,
+        d,
+        k,
+        V,
+        float(np.median(r)),
+        int(significant.sum()),
+        q,
     )
     out = dict(
         r=r,

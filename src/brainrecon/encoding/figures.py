@@ -162,14 +162,19 @@ def plot_r_by_roi(
                 x = s["condition"].map(x_of).to_numpy()
                 o = np.argsort(x)
                 ax.errorbar(
-                    x[o], s["mean"].to_numpy()[o], yerr=s["sem"].to_numpy(dtype=float)[o],
-                    marker="o", ms=3, capsize=2, label=str(roi),
+                    x[o],
+                    s["mean"].to_numpy()[o],
+                    yerr=s["sem"].to_numpy(dtype=float)[o],
+                    marker="o",
+                    ms=3,
+                    capsize=2,
+                    label=str(roi),
                 )
             ax.set_title(str(feat))
             ax.set_xticks(range(len(conditions)))
             ax.set_xticklabels([str(c) for c in conditions], rotation=45, ha="right", fontsize=7)
             ax.axhline(0, color="0.7", lw=0.5)
-        for ax in list(axes.flat)[len(features):]:
+        for ax in list(axes.flat)[len(features) :]:
             ax.set_axis_off()
         for ax in axes[:, 0]:
             ax.set_ylabel(ylabel)
@@ -185,8 +190,12 @@ def plot_r_by_roi(
         for i, feat in enumerate(features):
             s = agg[agg["feature"] == feat].set_index("roi").reindex(rois)
             ax.bar(
-                base + (i - (len(features) - 1) / 2) * width, s["mean"].to_numpy(dtype=float), width,
-                yerr=s["sem"].to_numpy(dtype=float), capsize=2, label=str(feat),
+                base + (i - (len(features) - 1) / 2) * width,
+                s["mean"].to_numpy(dtype=float),
+                width,
+                yerr=s["sem"].to_numpy(dtype=float),
+                capsize=2,
+                label=str(feat),
             )
         ax.set_xticks(base)
         ax.set_xticklabels([str(r) for r in rois], rotation=45, ha="right", fontsize=7)

@@ -74,8 +74,7 @@ def roi_summary(
         unknown = sorted(set(np.unique(labels[labels > 0]).tolist()) - set(table))
         if unknown:
             raise ValueError(
-                f"ROI {name!r} has label values {unknown} that its table "
-                f"({sorted(table)}) does not name"
+                f"ROI {name!r} has label values {unknown} that its table " f"({sorted(table)}) does not name"
             )
         for value, roi in table.items():
             mask = labels == value
