@@ -21,6 +21,7 @@ wildcard_constraints:
 
 include: "workflow/rules/download.smk"
 include: "workflow/rules/prepare.smk"
+include: "workflow/rules/regression.smk"
 
 
 rule all:

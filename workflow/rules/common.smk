@@ -78,3 +78,31 @@ def model_dir(role):
     m = config["models"]
     root = m["root"] if m["source"] == "pretrained" else m["tiny_root"]
     return f"{root}/{role}"
+
+
+BRAINDIFFUSER_SPACES = ("vdvae", "clipvision", "cliptext")
+
+
+def regression_settings(space):
+    """The regression.spaces entry of a feature space (with defaults), or a clear error."""
+    spaces = config["regression"]["spaces"]
+    if space not in spaces:
+        raise ValueError(
+            f"config key regression.spaces has no entry for feature space {space!r} "
+            f"(configured: {sorted(spaces)})"
+        )
+    s = dict(spaces[space])
+    s.setdefault("train_on", "averaged")
+    s.setdefault("voxels", "all")
+    s.setdefault("restandardise", True)
+    if "alphas" not in s:
+        raise ValueError(f"config key regression.spaces.{space}.alphas: missing (required)")
+    return s
+
+
+def roi_optimal_for(space):
+    """ROI-optimal pattern names to predict along with a Brain-Diffuser space's test set."""
+    bd = config["methods"]["braindiffuser"]
+    if space in BRAINDIFFUSER_SPACES and bd["enabled"]:
+        return list(bd["roi_optimal"])
+    return []
