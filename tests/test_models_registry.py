@@ -444,3 +444,31 @@ def test_fetch_model_downloads_selected_files_atomically(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="vae/config.json"):
         fetch_model("sd", tmp_path / "models2" / "sd")
     assert list((tmp_path / "models2").iterdir()) == []
+
+
+def test_vdvae_role_tiny_roundtrip_and_real_layout(tmp_path):
+    from brainrecon.models.registry import VDVAE_FILE, load_model
+    from brainrecon.models.vdvae import VDVAE, VDVAEConfig
+
+    folder = build_tiny("vdvae", tmp_path / "vdvae", seed=3)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([VDVAE_FILE, "vdvae_config.json"])
+    parts = load_model("vdvae", folder)
+    assert parts.names() == ["model"] and isinstance(parts.model, VDVAE)
+    with tiny.seeded(3):
+        ref = VDVAE(VDVAEConfig.tiny())
+    _same_state(ref, parts.model)
+    # a folder without vdvae_config.json is the real checkpoint: loaded with the ImageNet64 config
+    (folder / "vdvae_config.json").unlink()
+    with pytest.raises(ValueError, match="does not match the model"):
+        load_model("vdvae", folder)
+
+
+def test_download_url_checks_and_writes_atomically(tmp_path):
+    from brainrecon.models.registry import download_url
+
+    src = tmp_path / "src.bin"
+    payload = bytes(range(256)) * 1000
+    src.write_bytes(payload)
+    out = download_url(src.as_uri(), tmp_path / "out" / "file.th", chunk=4096)
+    assert out.read_bytes() == payload
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["file.th"]

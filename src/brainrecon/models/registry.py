@@ -10,6 +10,7 @@ vd     shi-labs/versatile-diffusion      image_unet, text_unet, vae, image_encod
                                          scheduler
 clip   openai/clip-vit-large-patch14     model, tokenizer, image_processor (repo root)
 sd     CompVis/stable-diffusion-v1-4     unet, vae, text_encoder, tokenizer, scheduler
+vdvae  openaipublic (VDVAE ImageNet64)   model (``imagenet64-iter-1600000-model-ema.th``)
 ====== ================================= =====================================================
 
 Three ways to a folder with the real on-disk layout (``model_index.json`` + one folder
@@ -29,7 +30,12 @@ as a whole because of ``text_unet``.) Every scheduler is loaded as ``DDIMSchedul
 from the repo's scheduler config with :data:`DDIM_OVERRIDES` (SD v1-4 ships a PNDM config;
 DDIM with that config's ``steps_offset=1`` has the timesteps of the CompVis DDIM sampler).
 
-Other roles (sd2_depth, blip, dpt, ...) are added with :func:`register_role`.
+VDVAE is not a Hugging Face repo: its role uses custom hooks (download of the official
+checkpoint; tiny = :meth:`VDVAEConfig.tiny` with seeded weights saved under the official
+file name plus ``vdvae_config.json``, which only the tiny folder has; load =
+:func:`brainrecon.models.vdvae.load_vdvae`). Other roles (sd2_depth, blip, dpt, ...) are
+added with :func:`register_role`. :func:`load_model` ``(role, folder, device, dtype)`` is
+the call the workflow scripts use.
 """
 
 from __future__ import annotations
@@ -85,21 +91,31 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class RoleSpec:
-    """A role: repository id, its components, and how to build the tiny stand-in.
+    """A role: where its weights come from, its components, and how to build the tiny stand-in.
 
-    build_tiny: ``"module:function"``, ``function(seed) -> {component name: object}``.
-    postprocess: ``"module:function"``, ``function(components, **options) -> components``
-        applied by :func:`load_role` (e.g. Versatile Diffusion's dual-guided UNet).
+    Hugging Face roles list ``components`` and give ``build_tiny``; the generic code
+    fetches, saves and loads them. Other roles (VDVAE's single ``.th`` file) give the three
+    custom hooks instead. Every hook is a ``"module:function"`` string (imported lazily):
+
+    build_tiny: ``function(seed) -> {component name: object}`` (HF roles).
+    postprocess: ``function(components, **options) -> components`` applied by
+        :func:`load_role` (e.g. Versatile Diffusion's dual-guided UNet).
     pipeline_class: ``_class_name`` of ``model_index.json`` (``None``: no model_index).
+    fetch: ``function(folder: Path, revision) -> None`` downloads into ``folder``.
+    write_tiny: ``function(folder: Path, seed) -> None`` writes the tiny stand-in into ``folder``.
+    load: ``function(folder: Path, device, dtype, **options) -> {name: object}``.
     """
 
     name: str
     repo_id: str
-    components: tuple[ComponentSpec, ...]
-    build_tiny: str
+    components: tuple[ComponentSpec, ...] = ()
+    build_tiny: str | None = None
     postprocess: str | None = None
     pipeline_class: str | None = None
     extra_patterns: tuple[str, ...] = field(default_factory=tuple)
+    fetch: str | None = None
+    write_tiny: str | None = None
+    load: str | None = None
 
     def component(self, name: str) -> ComponentSpec:
         for c in self.components:
@@ -110,12 +126,13 @@ class RoleSpec:
 
 class Components(SimpleNamespace):
     """The loaded components of one role: one attribute per component name, plus
-    ``role`` (str), ``source`` ("tiny" | "pretrained"), ``path`` (folder or hub id) and
-    whatever the role's post-load step adds (VD: ``text_len``, ``image_len``)."""
+    ``role`` (str), ``source`` ("tiny" | "pretrained"), ``path`` (folder or hub id),
+    ``component_names`` and whatever the role's post-load step adds (VD: ``text_len``,
+    ``image_len``)."""
 
     def names(self) -> list[str]:
         """The role's component names (registry order)."""
-        return [c.name for c in get_role(self.role).components]
+        return list(self.component_names)
 
 
 def _diffusers_model(name, sub, cls, library="diffusers", load_class=None):
@@ -196,6 +213,21 @@ register_role(RoleSpec(
     ),
     build_tiny="brainrecon.models.tiny:build_sd_components",
     pipeline_class="StableDiffusionPipeline",
+))
+
+# VDVAE (Brain-Diffuser stage 1): the official ImageNet64 EMA checkpoint, one .th state dict.
+VDVAE_URL = ("https://openaipublic.blob.core.windows.net/very-deep-vaes-assets/vdvae-assets-2/"
+             "imagenet64-iter-1600000-model-ema.th")
+VDVAE_FILE = "imagenet64-iter-1600000-model-ema.th"
+# only the tiny folder has it: the VDVAEConfig the checkpoint was built with (real folder -> ImageNet64 defaults)
+VDVAE_CONFIG_FILE = "vdvae_config.json"
+
+register_role(RoleSpec(
+    name="vdvae",
+    repo_id=VDVAE_URL,
+    fetch="brainrecon.models.registry:_vdvae_fetch",
+    write_tiny="brainrecon.models.registry:_vdvae_write_tiny",
+    load="brainrecon.models.registry:_vdvae_load",
 ))
 
 
@@ -284,19 +316,24 @@ def select_repo_files(role: str, repo_files) -> list[str]:
 
 
 def fetch_model(role: str, dest, revision: str | None = None, token: str | None = None) -> Path:
-    """Download the files ``role`` needs from the Hugging Face hub into ``dest`` (atomically).
+    """Download the files ``role`` needs into ``dest`` (atomically: all or nothing).
 
-    Lists the repository, keeps :func:`select_repo_files`, and calls
+    Hugging Face roles: lists the repository, keeps :func:`select_repo_files`, and calls
     ``huggingface_hub.snapshot_download(allow_patterns=<those files>, local_dir=...)``.
-    Needs internet; run once (the local rule ``fetch_models``), later jobs load ``dest``
-    offline (``HF_HUB_OFFLINE=1``).
+    Roles with a ``fetch`` hook (VDVAE) use it. Needs internet; run once (the local rule
+    ``fetch_models``); later jobs load ``dest`` offline (``HF_HUB_OFFLINE=1``).
     """
+    spec = get_role(role)
+    dest = Path(dest)
+    if spec.fetch:
+        with atomic_dir(dest) as tmp:
+            _resolve(spec.fetch)(tmp, revision)
+        return dest
+
     from huggingface_hub import HfApi, snapshot_download
 
-    spec = get_role(role)
     files = HfApi(token=token).list_repo_files(spec.repo_id, revision=revision)
     wanted = select_repo_files(role, files)
-    dest = Path(dest)
     with atomic_dir(dest) as tmp:
         snapshot_download(spec.repo_id, revision=revision, allow_patterns=wanted, local_dir=str(tmp), token=token)
         missing = [f for f in wanted if not (tmp / f).is_file()]
@@ -307,6 +344,60 @@ def fetch_model(role: str, dest, revision: str | None = None, token: str | None 
         if cache.exists():
             shutil.rmtree(cache)
     return dest
+
+
+def download_url(url: str, dest, chunk: int = 1 << 20, timeout: float = 60.0) -> Path:
+    """Stream ``url`` to ``dest`` (atomically), checking the size against Content-Length."""
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    from ..io import atomic_path
+
+    dest = Path(dest)
+    with urllib.request.urlopen(url, timeout=timeout) as resp, atomic_path(dest) as tmp:
+        total = resp.headers.get("Content-Length")
+        total = int(total) if total is not None else None
+        n = 0
+        with open(tmp, "wb") as fh, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+            while True:
+                block = resp.read(chunk)
+                if not block:
+                    break
+                fh.write(block)
+                n += len(block)
+                bar.update(len(block))
+        if total is not None and n != total:
+            raise IOError(f"download of {url} incomplete: {n} of {total} bytes")
+    return dest
+
+
+def _vdvae_fetch(folder: Path, revision=None) -> None:
+    download_url(VDVAE_URL, Path(folder) / VDVAE_FILE)
+
+
+def _vdvae_write_tiny(folder: Path, seed: int) -> None:
+    import dataclasses
+
+    from .tiny import seeded
+    from .vdvae import VDVAE, VDVAEConfig
+
+    config = VDVAEConfig.tiny()
+    with seeded(seed):
+        model = VDVAE(config)
+    torch.save(model.state_dict(), Path(folder) / VDVAE_FILE)
+    (Path(folder) / VDVAE_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+
+def _vdvae_load(folder: Path, device, dtype, **options) -> dict:
+    from .vdvae import VDVAEConfig, load_vdvae
+
+    folder = Path(folder)
+    cfg_file = folder / VDVAE_CONFIG_FILE
+    config = VDVAEConfig(**json.loads(cfg_file.read_text())) if cfg_file.is_file() else VDVAEConfig()
+    if options:
+        config = config.replace(**options)
+    return {"model": load_vdvae(folder / VDVAE_FILE, config, device=device, dtype=dtype)}
 
 
 # ----------------------------------------------------------------------------- tiny
@@ -347,6 +438,13 @@ def save_components(role: str, parts: dict, dest) -> Path:
 def build_tiny(role: str, dest, seed: int = 0) -> Path:
     """Build the tiny stand-in of ``role`` (seeded random weights) and save it in the real layout at ``dest``."""
     spec = get_role(role)
+    if spec.write_tiny:
+        dest = Path(dest)
+        with atomic_dir(dest) as tmp:
+            _resolve(spec.write_tiny)(tmp, seed)
+        return dest
+    if not spec.build_tiny:
+        raise ValueError(f"role {role!r} has no tiny stand-in")
     parts = _resolve(spec.build_tiny)(seed)
     return save_components(role, parts, dest)
 
@@ -433,10 +531,19 @@ def load_role(
         where, local = str(root), True
     elif source == "tiny":
         where, local = str(_tiny_folder(role, seed)), True
+    elif spec.load:
+        raise ValueError(f"role {role!r} loads from a folder only: give path= (fetch_model writes it)")
     else:
         where, local = spec.repo_id, False
 
-    parts = Components(role=role, source=source, path=where)
+    if spec.load:
+        loaded = _resolve(spec.load)(Path(where), device, dtype, **options)
+        parts = Components(role=role, source=source, path=where, component_names=list(loaded))
+        for name, obj in loaded.items():
+            setattr(parts, name, obj)
+        return parts
+
+    parts = Components(role=role, source=source, path=where, component_names=[c.name for c in spec.components])
     for comp in spec.components:
         try:
             obj = _load_component(comp, where, local, dtype, revision)
@@ -453,7 +560,13 @@ def load_role(
     return parts
 
 
+def load_model(role: str, folder, device="cpu", dtype: torch.dtype = torch.float32, **options) -> Components:
+    """Load ``role`` from ``folder`` (``model_dir(role)`` of the workflow): :func:`load_role` with a path."""
+    return load_role(role, path=folder, device=device, dtype=dtype, **options)
+
+
 __all__ = [
     "ROLES", "SOURCES", "ComponentSpec", "RoleSpec", "Components", "register_role", "get_role",
-    "select_repo_files", "fetch_model", "save_components", "build_tiny", "prepare_role", "load_role",
+    "select_repo_files", "fetch_model", "download_url", "save_components", "build_tiny", "prepare_role", "load_role",
+    "load_model",
 ]
