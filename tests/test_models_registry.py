@@ -472,3 +472,14 @@ def test_download_url_checks_and_writes_atomically(tmp_path):
     out = download_url(src.as_uri(), tmp_path / "out" / "file.th", chunk=4096)
     assert out.read_bytes() == payload
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["file.th"]
+
+
+def test_resolve_device_dtype():
+    from brainrecon.models.registry import resolve_device_dtype
+
+    assert resolve_device_dtype("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
+    assert resolve_device_dtype("cpu", "float16") == (torch.device("cpu"), torch.float32)
+    dev, _ = resolve_device_dtype("auto", torch.float32)
+    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="float64"):
+        resolve_device_dtype("cpu", "float64")

@@ -491,6 +491,29 @@ def _load_component(comp: ComponentSpec, where: str, local: bool, dtype, revisio
     return cls.from_pretrained(where, **kwargs)
 
 
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device_dtype(device="auto", dtype="float32") -> tuple[torch.device, torch.dtype]:
+    """``device``: "auto" (CUDA if available, else CPU) or a torch device; ``dtype``: a torch dtype or
+    "float32" | "float16" | "bfloat16". float16 on CPU becomes float32 (half-precision CPU kernels are
+    missing or slow); logged."""
+    import logging
+
+    if isinstance(dtype, str):
+        try:
+            dtype = _DTYPES[dtype]
+        except KeyError:
+            raise ValueError(f"model dtype must be one of {sorted(_DTYPES)}, got {dtype!r}") from None
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cpu" and dtype == torch.float16:
+        logging.getLogger(__name__).info("float16 requested on CPU: using float32")
+        dtype = torch.float32
+    return device, dtype
+
+
 def load_role(
     role: str,
     source: str = "tiny",
@@ -508,8 +531,8 @@ def load_role(
         ``source`` then only labels the result). Without ``path``: ``source="tiny"`` builds
         the tiny stand-in into a temporary folder (once per process and seed) and loads it;
         ``source="pretrained"`` loads from the hub id (cache / network).
-    device, dtype: models are moved to ``device`` and loaded in ``dtype``; they are put in
-        eval mode with gradients off.
+    device, dtype: models are moved to ``device`` and loaded in ``dtype`` (see
+        :func:`resolve_device_dtype`: "auto", dtype names); eval mode, gradients off.
     postprocess: apply the role's post-load step (Versatile Diffusion: build the
         dual-guided image UNet, see :func:`brainrecon.models.vd.prepare_vd_components`);
         ``options`` are passed to it.
@@ -517,6 +540,7 @@ def load_role(
     spec = get_role(role)
     if source not in SOURCES:
         raise ValueError(f"model source must be one of {SOURCES}, got {source!r}")
+    device, dtype = resolve_device_dtype(device, dtype)
     if path is not None:
         root = Path(path)
         if not root.is_dir():
@@ -568,5 +592,5 @@ def load_model(role: str, folder, device="cpu", dtype: torch.dtype = torch.float
 __all__ = [
     "ROLES", "SOURCES", "ComponentSpec", "RoleSpec", "Components", "register_role", "get_role",
     "select_repo_files", "fetch_model", "download_url", "save_components", "build_tiny", "prepare_role", "load_role",
-    "load_model",
+    "load_model", "resolve_device_dtype",
 ]
