@@ -182,7 +182,6 @@ def test_train_zscore_uses_train_average_statistics(prepared):
     # test and single trials normalised with the *train* statistics
     np.testing.assert_allclose(z["test/betas"], (raw["test/betas"] - mu) / sd, atol=1e-4)
     np.testing.assert_allclose(z["trials/betas"], (raw["trials/betas"] - mu) / sd, atol=1e-4)
-    assert abs(z["test/betas"].mean()) > 1e-3 or abs(z["test/betas"].std(0).mean() - 1) > 1e-3
 
 
 def test_session_zscore_per_session(prepared):
