@@ -21,6 +21,8 @@ wildcard_constraints:
 
 include: "workflow/rules/download.smk"
 include: "workflow/rules/prepare.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/features.smk"
 include: "workflow/rules/regression.smk"
 
 

@@ -1,0 +1,258 @@
+"""The features stage's one writer: per subject and space, ``results/features/{space}/subjXX.h5``.
+
+File layout (docs/DATA_PRODUCTS.md, "features"):
+
+- ``{split}/features`` (n, D) float32, chunked by rows; ``{split}/nsd_ids`` (n,) int64 in ascending
+  order (= the stimulus index's rows of that split); split in (train, test);
+- attrs: ``space``, ``feature_shape`` (prod = D), ``role``, ``model_source``, ``settings`` (JSON of the
+  space's settings) and each setting as its own attr, ``description``.
+
+Images are read lazily from the imgBrick, one batch of rows at a time (never the whole brick); captions
+from the stimulus captions table. Everything is validated before the model is loaded, and the file is
+written under a temporary name and renamed only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import atomic_path
+from .spaces import get_space
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+STIMULI_COLUMNS = ("nsdId", "brick_row", "split")
+CAPTION_COLUMNS = ("nsdId", "caption_idx", "caption")
+#: target bytes of one HDF5 chunk (whole rows; at least one row)
+CHUNK_BYTES = 4 * 2**20
+
+
+def read_stimulus_index(path) -> dict[str, pd.DataFrame]:
+    """``results/prepared/stimuli/subjXX.csv`` -> {split: rows (nsdId, brick_row) sorted by nsdId}.
+
+    Raises ``ValueError`` naming the file for a missing column, an unknown split value, duplicate
+    nsdIds, negative rows or an empty split.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"stimulus index {path} does not exist")
+    try:
+        df = pd.read_csv(path)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read as CSV ({type(e).__name__}: {e})") from e
+    missing = [c for c in STIMULI_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: stimulus index has no column(s) {missing} (columns: {list(df.columns)})")
+    bad = sorted(set(df["split"].astype(str)) - set(SPLITS))
+    if bad:
+        raise ValueError(f"{path}: column 'split' has value(s) {bad}; expected {list(SPLITS)}")
+    for c in ("nsdId", "brick_row"):
+        if not pd.api.types.is_integer_dtype(df[c]):
+            raise ValueError(f"{path}: column {c!r} must hold integers, got {df[c].dtype}")
+        if (df[c] < 0).any():
+            raise ValueError(f"{path}: column {c!r} has negative values")
+    dup = df["nsdId"][df["nsdId"].duplicated()].unique()
+    if dup.size:
+        raise ValueError(f"{path}: nsdId(s) {dup[:10].tolist()} appear more than once")
+    out = {}
+    for split in SPLITS:
+        rows = df[df["split"] == split].sort_values("nsdId")
+        if rows.empty:
+            raise ValueError(f"{path}: no {split!r} rows")
+        out[split] = rows[["nsdId", "brick_row"]].astype(np.int64).reset_index(drop=True)
+    return out
+
+
+def read_captions(path, nsd_ids) -> dict[int, list[str]]:
+    """``subjXX_captions.csv`` -> {nsdId: captions in caption_idx order} for every id of ``nsd_ids``.
+
+    Captions are read as text verbatim (a caption "NA" or "null" stays a string). Raises ``ValueError``
+    naming the file and the nsdIds that have no caption.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"captions table {path} does not exist")
+    try:
+        df = pd.read_csv(path, dtype={"caption": str}, keep_default_na=False)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read as CSV ({type(e).__name__}: {e})") from e
+    missing = [c for c in CAPTION_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: captions table has no column(s) {missing} (columns: {list(df.columns)})")
+    for c in ("nsdId", "caption_idx"):
+        if not pd.api.types.is_integer_dtype(df[c]):
+            raise ValueError(f"{path}: column {c!r} must hold integers, got {df[c].dtype}")
+    df = df.sort_values(["nsdId", "caption_idx"], kind="stable")
+    groups = {int(k): list(g["caption"]) for k, g in df.groupby("nsdId", sort=False)}
+    lacking = [int(i) for i in nsd_ids if not groups.get(int(i))]
+    if lacking:
+        raise ValueError(f"{path}: no caption for {len(lacking)} image(s), nsdId(s) {lacking[:10]}")
+    return {int(i): groups[int(i)] for i in nsd_ids}
+
+
+def _rows_per_chunk(n: int, row_bytes: int) -> int:
+    return int(max(1, min(n, CHUNK_BYTES // max(1, row_bytes))))
+
+
+@contextlib.contextmanager
+def _deterministic_cuda():
+    """cuDNN in deterministic mode (same numbers on every run) for the block; restored after."""
+    import torch
+
+    old = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
+
+
+def _attr(value):
+    """HDF5-storable form of a setting (None -> "None", other objects -> str)."""
+    if isinstance(value, (bool, int, float, str, np.integer, np.floating)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, np.integer, np.floating)) for v in value):
+        return np.asarray(value)
+    return str(value)
+
+
+def extract_features(
+    space: str,
+    out_h5,
+    stimuli_csv,
+    captions_csv=None,
+    brick_path=None,
+    model_folder=None,
+    batch_size: int = 16,
+    device="cpu",
+    dtype="float32",
+    model_source: str | None = None,
+    progress: bool = True,
+    **space_opts,
+) -> Path:
+    """Extract the features of every image in the stimulus index and write ``out_h5``.
+
+    space: a registered feature space (:data:`brainrecon.features.SPACES`).
+    stimuli_csv: ``results/prepared/stimuli/subjXX.csv`` (nsdId, brick_row, split).
+    captions_csv: ``..._captions.csv`` (caption spaces). brick_path: ``nsd_stimuli.hdf5`` (image spaces).
+    model_folder: the folder of the space's role (``model_dir(role)``), loaded with
+        :func:`brainrecon.models.load_model`.
+    batch_size: images per model call (results do not depend on it).
+    device, dtype: ``models.device`` / ``models.dtype``; CPU computes in float32, and a space may force
+        its dtype (VDVAE: float32).
+    model_source: recorded in attrs (default: what the loader infers from the folder).
+    space_opts: the space's options (e.g. ``vdvae_layers``); unknown names raise ``TypeError``.
+    Returns ``out_h5`` as a Path. Nothing is written under ``out_h5`` unless the whole file is complete.
+    """
+    import h5py
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..models import load_model, resolve_device, resolve_dtype
+    from ..nsd.readers import ImageBrick
+    from .spaces import _resolve_ref
+
+    spec = get_space(space)
+    opts = spec.resolve_options(space_opts)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = int(batch_size)
+    out_h5 = Path(out_h5)
+
+    # ---- inputs first: nothing is loaded or written before they are known to be good
+    index = read_stimulus_index(stimuli_csv)
+    captions = None
+    if spec.inputs == "captions":
+        if captions_csv is None:
+            raise ValueError(f"feature space {space!r} reads captions: give captions_csv")
+        all_ids = np.concatenate([index[s]["nsdId"].to_numpy() for s in SPLITS])
+        captions = read_captions(captions_csv, all_ids)
+    else:
+        if brick_path is None:
+            raise ValueError(f"feature space {space!r} reads images: give brick_path")
+        if not Path(brick_path).is_file():
+            raise FileNotFoundError(f"image brick {brick_path} does not exist")
+    if model_folder is None:
+        raise ValueError(f"feature space {space!r} needs the folder of model role {spec.role!r}: give model_folder")
+
+    dev = resolve_device(device)
+    dt = torch.float32 if spec.dtype == "float32" else resolve_dtype(spec.dtype or dtype, dev)
+    parts = load_model(spec.role, model_folder, device=dev, dtype=dt, components=spec.components)
+    extractor = _resolve_ref(spec.setup)(parts, **opts)
+    settings = dict(getattr(extractor, "settings", {}))
+    source = model_source or parts.source
+    n_total = sum(len(index[s]) for s in SPLITS)
+    log.info("%s features of %d images (%s) with role %s from %s on %s/%s, batch %d",
+             space, n_total, ", ".join(f"{s} {len(index[s])}" for s in SPLITS), spec.role, model_folder,
+             dev, dt, batch_size)
+
+    with contextlib.ExitStack() as stack:
+        brick = stack.enter_context(ImageBrick(brick_path)) if spec.inputs == "images" else None
+        stack.enter_context(_deterministic_cuda())
+        stack.enter_context(torch.inference_mode())
+        tmp = stack.enter_context(atomic_path(out_h5))
+        f = stack.enter_context(h5py.File(tmp, "w"))
+        bar = stack.enter_context(tqdm(total=n_total, desc=f"{space} features", unit="img", disable=not progress))
+        feature_shape = None
+        for split in SPLITS:
+            rows = index[split]
+            ids, brick_rows = rows["nsdId"].to_numpy(), rows["brick_row"].to_numpy()
+            g = f.create_group(split)
+            g.create_dataset("nsd_ids", data=ids.astype(np.int64))
+            ds = None
+            for start in range(0, len(ids), batch_size):
+                b_ids = ids[start:start + batch_size]
+                images = brick.read(brick_rows[start:start + batch_size]) if brick is not None else None
+                caps = [captions[int(i)] for i in b_ids] if captions is not None else None
+                out = np.asarray(extractor(b_ids, images, caps))
+                if out.ndim < 2 or out.shape[0] != len(b_ids):
+                    raise RuntimeError(f"space {space!r}: extractor returned shape {out.shape} "
+                                       f"for a batch of {len(b_ids)} images")
+                if feature_shape is None:
+                    feature_shape = tuple(int(d) for d in out.shape[1:])
+                elif tuple(out.shape[1:]) != feature_shape:
+                    raise RuntimeError(f"space {space!r}: feature shape changed from {feature_shape} "
+                                       f"to {tuple(out.shape[1:])} (nsdIds {b_ids.tolist()})")
+                if not np.all(np.isfinite(out)):
+                    bad = b_ids[~np.isfinite(out.reshape(len(b_ids), -1)).all(axis=1)]
+                    raise FloatingPointError(f"space {space!r}: non-finite features for nsdId(s) {bad.tolist()} "
+                                             f"(model {model_folder}, dtype {dt})")
+                if ds is None:
+                    d = int(np.prod(feature_shape))
+                    ds = g.create_dataset("features", shape=(len(ids), d), dtype=np.float32,
+                                          chunks=(_rows_per_chunk(len(ids), d * 4), d))
+                ds[start:start + len(b_ids)] = out.reshape(len(b_ids), -1).astype(np.float32)
+                bar.update(len(b_ids))
+        f.attrs["space"] = space
+        f.attrs["feature_shape"] = np.asarray(feature_shape, dtype=np.int64)
+        f.attrs["role"] = spec.role
+        f.attrs["model_source"] = str(source)
+        f.attrs["description"] = spec.description
+        f.attrs["dtype"] = str(dt).replace("torch.", "")
+        f.attrs["settings"] = json.dumps(settings, sort_keys=True, default=str)
+        for k, v in settings.items():
+            if k not in f.attrs:
+                f.attrs[k] = _attr(v)
+    log.info("wrote %s: feature_shape %s", out_h5, feature_shape)
+    return out_h5
+
+
+def read_features(path, split: str, reshape: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(features, nsd_ids)`` of one split; ``reshape=True`` gives ``(n, *feature_shape)``."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if split not in f:
+            raise KeyError(f"{path}: no split {split!r} (groups: {list(f.keys())})")
+        x = f[f"{split}/features"][()]
+        ids = f[f"{split}/nsd_ids"][()]
+        if reshape:
+            x = x.reshape((x.shape[0], *[int(d) for d in f.attrs["feature_shape"]]))
+    return x, ids
