@@ -105,30 +105,19 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_dir, atomic_path
 from ..nsd.layout import LABEL_TABLES
+from .variants import (  # noqa: F401  (re-exported)
+    METHOD,
+    ROI_DEFINITIONS,
+    SPACES,
+    VARIANTS,
+    VariantSpec,
+    num_denoising_steps,
+    roi_settings,
+    variant_settings,
+    variant_spec,
+)
 
 log = logging.getLogger(__name__)
-
-METHOD = "braindiffuser"
-VARIANTS = ("full", "only_vdvae", "no_vdvae", "no_text", "no_vision")
-SPACES = ("vdvae", "clipvision", "cliptext")
-
-#: ROI-optimal patterns: name -> (prepared ``rois/<file>``, label names united) (SPEC §3)
-ROI_DEFINITIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "V1": ("prf-visualrois", ("V1v", "V1d")),
-    "V2": ("prf-visualrois", ("V2v", "V2d")),
-    "V3": ("prf-visualrois", ("V3v", "V3d")),
-    "V4": ("prf-visualrois", ("hV4",)),
-    "face": ("floc-faces", ("OFA", "FFA-1", "FFA-2", "mTL-faces", "aTL-faces")),
-    "word": ("floc-words", ("OWFA", "VWFA-1", "VWFA-2", "mfs-words", "mTL-words")),
-    "place": ("floc-places", ("OPA", "PPA", "RSC")),
-    "body": ("floc-bodies", ("EBA", "FBA-1", "FBA-2", "mTL-bodies")),
-    "ecc0pt5": ("prf-eccrois", ("ecc0pt5",)),
-    "ecc1": ("prf-eccrois", ("ecc1",)),
-    "ecc2": ("prf-eccrois", ("ecc2",)),
-    "ecc4": ("prf-eccrois", ("ecc4",)),
-    "ecc4+": ("prf-eccrois", ("ecc4+",)),
-}
-
 
 # ----------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
@@ -181,70 +170,6 @@ class Settings:
         return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True)
-class VariantSpec:
-    """What a variant runs. stage1: decode the VDVAE latents; stage2: run VD img2img;
-    init: ``"stage1"`` (encode the stage-1 image) or ``"noise"`` (random AutoKL latent) or
-    ``None`` (no stage 2); text_weight: dual-guidance weight of text (``None`` without
-    stage 2); needs: the regression spaces whose predictions the variant reads."""
-
-    name: str
-    stage1: bool
-    stage2: bool
-    init: str | None
-    text_weight: float | None
-    needs: tuple[str, ...]
-
-    @property
-    def needs_vdvae_model(self) -> bool:
-        return self.stage1
-
-    @property
-    def needs_vd_model(self) -> bool:
-        return self.stage2
-
-
-def variant_spec(name: str, text_weight: float = 0.4) -> VariantSpec:
-    """The composition behind a variant name (see the module docstring's table)."""
-    tw = float(text_weight)
-    specs = {
-        "full": VariantSpec("full", True, True, "stage1", tw, ("vdvae", "clipvision", "cliptext")),
-        "only_vdvae": VariantSpec("only_vdvae", True, False, None, None, ("vdvae",)),
-        "no_vdvae": VariantSpec("no_vdvae", False, True, "noise", tw, ("clipvision", "cliptext")),
-        "no_text": VariantSpec("no_text", True, True, "stage1", 0.0, ("vdvae", "clipvision")),
-        "no_vision": VariantSpec("no_vision", True, True, "stage1", 1.0, ("vdvae", "cliptext")),
-    }
-    if name not in specs:
-        raise ValueError(f"unknown Brain-Diffuser variant {name!r}; known: {list(VARIANTS)}")
-    return specs[name]
-
-
-def variant_settings(name: str, settings: Mapping) -> dict:
-    """The subset of ``methods.braindiffuser`` that variant ``name`` depends on.
-
-    The rule passes exactly this as ``params`` so that, e.g., changing ``guidance_scale``
-    does not rerun ``only_vdvae`` and changing ``vdvae_temperature`` does not rerun ``no_vdvae``.
-    ``text_weight`` matters only where the variant does not fix it (full, no_vdvae).
-    """
-    spec = variant_spec(name, settings.get("text_weight", 0.4))
-    keys = ["image_size", "seed"]
-    if spec.stage1:
-        keys += ["vdvae_temperature"]
-    if spec.stage2:
-        keys += ["steps", "strength", "guidance_scale", "batch_size"]
-        if name in ("full", "no_vdvae"):
-            keys += ["text_weight"]
-    missing = [k for k in keys if k not in settings]
-    if missing:
-        raise KeyError(f"methods.braindiffuser is missing {missing} (needed by variant {name!r})")
-    return {k: settings[k] for k in keys}
-
-
-def num_denoising_steps(steps: int, strength: float) -> int:
-    """Denoising steps of img2img: ``int(strength · steps)`` (reference truncation; 37 for 0.75 · 50)."""
-    return int(float(strength) * int(steps))
-
-
 # ----------------------------------------------------------------------------- seeds
 def subject_code(subject) -> int:
     """Integer code of a subject label: "01" / 1 -> 1, "avg" -> 0."""
@@ -279,25 +204,6 @@ def image_seed(seed: int, subject, key) -> int:
 
 def _generators(seeds: Sequence[int], stream: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(derive_seed(int(s), stream)) for s in seeds]
-
-
-# ----------------------------------------------------------------------------- device
-def resolve_device_dtype(device: str = "auto", dtype: str | torch.dtype = "float16") -> tuple[str, torch.dtype]:
-    """``models.device`` / ``models.dtype`` -> (device, torch dtype); CPU always runs float32."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"models.device must be auto, cpu or cuda, got {device!r}")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"models.device is {device!r} but no CUDA device is available")
-    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if isinstance(dtype, str):
-        if dtype not in names:
-            raise ValueError(f"models.dtype must be one of {sorted(names)}, got {dtype!r}")
-        dtype = names[dtype]
-    if device == "cpu":
-        dtype = torch.float32
-    return str(device), dtype
 
 
 # ----------------------------------------------------------------------------- stage 1
@@ -587,6 +493,7 @@ def reconstruct_to_files(variant: str, keys: Sequence, subject, settings: Settin
                 Image.fromarray(im).save(tmp_png / _png_name(keys[i0 + j]))
 
         rec = reconstruct(variant, keys, subject, settings, sink=sink, keep=False, **kwargs)
+        used = variant_settings(variant, settings.as_dict())  # only what this variant depends on
         if key_name == "nsd_ids":
             f["nsd_ids"] = np.asarray(keys, dtype=np.int64)
         else:
@@ -596,7 +503,7 @@ def reconstruct_to_files(variant: str, keys: Sequence, subject, settings: Settin
             "method": METHOD,
             "variant": variant,
             "subject": str(subject),
-            "settings": json.dumps(settings.as_dict()),
+            "settings": json.dumps(used),
             "variant_spec": json.dumps(dataclasses.asdict(spec)),
             "stage1": spec.stage1,
             "stage2": spec.stage2,
@@ -607,7 +514,7 @@ def reconstruct_to_files(variant: str, keys: Sequence, subject, settings: Settin
             "eta": 0.0,
             "seed_derivation": "image seed = derive_seed(seed, subject code (avg=0), nsdId | 2^32+crc32(roi)); "
                                "stage 1 Generator(derive_seed(s, 1)), stage 2 Generator(derive_seed(s, 2))",
-            **settings.as_dict(),
+            **used,
         }
         for k, v in {**meta, **dict(attrs or {})}.items():
             f.attrs[k] = v
@@ -665,21 +572,32 @@ def _flat(ds_or_arr):
 
 
 def load_models(spec: VariantSpec, vdvae_dir=None, vd_dir=None, device: str = "auto", dtype: str = "float16"):
-    """Load what a variant needs: (vdvae model | None, vd parts | None, device, torch dtype)."""
+    """Load what a variant needs with :func:`brainrecon.models.load_model`.
+
+    device: ``models.device`` ("auto" = CUDA if available); dtype: ``models.dtype`` for the VD
+    models (CPU always computes float32, see ``brainrecon.models``); VDVAE is loaded float32.
+    Returns (vdvae model | None, vd parts | None, device name, VD dtype name).
+    """
     from ..models import load_model
 
-    device, tdtype = resolve_device_dtype(device, dtype)
     vdvae = vd = None
     if spec.needs_vdvae_model:
         if vdvae_dir is None:
             raise ValueError(f"variant {spec.name!r} needs the VDVAE model folder")
-        vdvae = load_model("vdvae", vdvae_dir, device=device, dtype=torch.float32).model
+        vdvae = load_model("vdvae", vdvae_dir, device=device, dtype="float32").model
+        dev, dt = _device_dtype(vdvae)
     if spec.needs_vd_model:
         if vd_dir is None:
             raise ValueError(f"variant {spec.name!r} needs the Versatile Diffusion model folder")
-        vd = load_model("vd", vd_dir, device=device, dtype=tdtype)
-    log.info("models on %s, VD dtype %s", device, tdtype)
-    return vdvae, vd, device, tdtype
+        vd = load_model("vd", vd_dir, device=device, dtype=dtype)
+        dev, dt = _device_dtype(vd.image_unet)
+    log.info("models on %s, %s", dev, dt)
+    return vdvae, vd, dev, dt
+
+
+def _device_dtype(module) -> tuple[str, str]:
+    p = next(module.parameters())
+    return str(p.device), str(p.dtype).replace("torch.", "")
 
 
 def reconstruct_subject(variant: str, subject, regression: Mapping[str, str], out_h5, png_dir, *,
@@ -708,14 +626,14 @@ def reconstruct_subject(variant: str, subject, regression: Mapping[str, str], ou
                     f"the regression outputs of one subject must list the same images"
                 )
             sources[space], used[space] = ds, f"{regression[space]}:{key}"
-        vdvae, vd, dev, tdtype = load_models(spec, vdvae_dir, vd_dir, device, dtype)
+        vdvae, vd, dev, dt = load_models(spec, vdvae_dir, vd_dir, device, dtype)
         return reconstruct_to_files(
             variant, ids.tolist(), subject, s, out_h5, png_dir,
             vdvae_model=vdvae, vd_parts=vd,
             vdvae_latents=_flat(sources["vdvae"]) if "vdvae" in sources else None,
             clip_vision=sources.get("clipvision"), clip_text=sources.get("cliptext"),
-            dtype=tdtype, progress=progress,
-            attrs={"inputs": json.dumps(used), "device": dev, "dtype": str(tdtype).replace("torch.", ""),
+            progress=progress,
+            attrs={"inputs": json.dumps(used), "device": dev, "dtype": dt,
                    "vdvae_model": str(vdvae_dir), "vd_model": str(vd_dir)},
         )
 
@@ -828,6 +746,7 @@ def reconstruct_rois(subject, roi_names: Sequence[str], regression: Mapping[str,
     unknown = [n for n in names if n not in ROI_DEFINITIONS]
     if unknown:
         raise ValueError(f"unknown ROI-optimal pattern(s) {unknown}; known: {list(ROI_DEFINITIONS)}")
+    features = {k: [str(v)] if isinstance(v, (str, Path)) else [str(x) for x in v] for k, v in features.items()}
     preds, norms = {}, {}
     for space in SPACES:
         if space not in regression or space not in features:
@@ -844,15 +763,15 @@ def reconstruct_rois(subject, roi_names: Sequence[str], regression: Mapping[str,
         preds[space] = renormalise(np.stack(rows), norms[space])
         log.info("%s: ROI predictions renormalised to the training mean norm %.4g", space, norms[space])
     spec = variant_spec("full", s.text_weight)
-    vdvae, vd, dev, tdtype = load_models(spec, vdvae_dir, vd_dir, device, dtype)
+    vdvae, vd, dev, dt = load_models(spec, vdvae_dir, vd_dir, device, dtype)
     return reconstruct_to_files(
         "full", names, subject, s, out_h5, png_dir, key_name="rois",
         vdvae_model=vdvae, vd_parts=vd, vdvae_latents=_flat(preds["vdvae"]),
-        clip_vision=preds["clipvision"], clip_text=preds["cliptext"], dtype=tdtype, progress=progress,
+        clip_vision=preds["clipvision"], clip_text=preds["cliptext"], progress=progress,
         attrs={"roi_optimal": True, "target_norms": json.dumps(norms),
                "roi_definitions": json.dumps({n: ROI_DEFINITIONS[n] for n in names}),
-               "inputs": json.dumps({"regression": dict(regression), "features": {k: list(v) for k, v in features.items()}}),
-               "device": dev, "dtype": str(tdtype).replace("torch.", ""),
+               "inputs": json.dumps({"regression": {k: str(v) for k, v in regression.items()}, "features": features}),
+               "device": dev, "dtype": dt,
                "vdvae_model": str(vdvae_dir), "vd_model": str(vd_dir)},
     )
 
@@ -860,7 +779,7 @@ def reconstruct_rois(subject, roi_names: Sequence[str], regression: Mapping[str,
 __all__ = [
     "METHOD", "VARIANTS", "SPACES", "ROI_DEFINITIONS", "Settings", "VariantSpec", "variant_spec",
     "variant_settings", "num_denoising_steps", "subject_code", "derive_seed", "image_seed",
-    "resolve_device_dtype", "decode_stage1", "upsample", "RandomLatentVAE", "run_stage2", "Reconstruction",
+    "decode_stage1", "upsample", "RandomLatentVAE", "run_stage2", "Reconstruction",
     "reconstruct", "reconstruct_to_files", "read_prediction_file", "load_models", "reconstruct_subject",
     "roi_label_table", "roi_patterns", "mean_row_norm", "rms_norm_from_moments", "renormalise",
     "reconstruct_rois",
