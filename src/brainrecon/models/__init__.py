@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Hugging Face roles of the registry, and every role the workflow can prepare (keep in sync with
 #: registry.ROLES; tests/test_models_vdvae_role.py checks it)
-HF_ROLES = ("vd", "clip", "sd")
+# blip, dpt, sd2_depth: Takagi +T/+D roles (brainrecon.models.takagi_roles, registered when the registry loads)
+HF_ROLES = ("vd", "clip", "sd", "blip", "dpt", "sd2_depth")
 MODEL_ROLES = HF_ROLES + ("vdvae",)
 SOURCES = ("pretrained", "tiny")
 DEVICES = ("auto", "cpu", "cuda")

@@ -594,3 +594,6 @@ __all__ = [
     "select_repo_files", "fetch_model", "download_url", "save_components", "build_tiny", "prepare_role", "load_role",
     "load_model", "resolve_device_dtype",
 ]
+
+# roles defined in their own modules register themselves on import (Takagi +T/+D: blip, dpt, sd2_depth)
+from . import takagi_roles  # noqa: E402,F401
