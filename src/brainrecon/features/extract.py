@@ -226,9 +226,19 @@ def extract_features(
                                              f"(model {model_folder}, dtype {dt})")
                 if ds is None:
                     d = int(np.prod(feature_shape))
-                    ds = g.create_dataset("features", shape=(len(ids), d), dtype=np.float32,
-                                          chunks=(_rows_per_chunk(len(ids), d * 4), d))
-                ds[start:start + len(b_ids)] = out.reshape(len(b_ids), -1).astype(np.float32)
+                    # an extractor may ask for float16 storage and its own (rows, columns) chunks (Takagi's
+                    # dpt: 2.4M columns per row, read by the regression in column slabs); default: float32,
+                    # whole rows
+                    store = np.dtype(getattr(extractor, "storage_dtype", "float32"))
+                    shape = getattr(extractor, "chunk_shape", None)
+                    chunks = ((min(len(ids), int(shape[0])), min(d, int(shape[1]))) if shape else
+                              (_rows_per_chunk(len(ids), d * store.itemsize), d))
+                    ds = g.create_dataset("features", shape=(len(ids), d), dtype=store, chunks=chunks)
+                block = out.reshape(len(b_ids), -1).astype(store)
+                if not np.all(np.isfinite(block)):
+                    raise FloatingPointError(f"space {space!r}: features overflow {store} storage "
+                                             f"(nsdIds {b_ids.tolist()})")
+                ds[start:start + len(b_ids)] = block
                 bar.update(len(b_ids))
         f.attrs["space"] = space
         f.attrs["feature_shape"] = np.asarray(feature_shape, dtype=np.int64)
@@ -236,6 +246,7 @@ def extract_features(
         f.attrs["model_source"] = str(source)
         f.attrs["description"] = spec.description
         f.attrs["dtype"] = str(dt).replace("torch.", "")
+        f.attrs["storage_dtype"] = str(np.dtype(getattr(extractor, "storage_dtype", "float32")))
         f.attrs["settings"] = json.dumps(settings, sort_keys=True, default=str)
         for k, v in settings.items():
             if k not in f.attrs:

@@ -155,3 +155,7 @@ def _resolve_ref(ref: str):
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+# spaces defined in their own modules register themselves on import (Takagi +T/+D: blip, dpt; torch-free)
+from . import takagi  # noqa: E402,F401
