@@ -51,6 +51,11 @@ def test_equals_sklearn_ridge(backend, dtype, n, p, solver):
     other = "primal" if solver == "dual" else "dual"
     forced = KernelRidgeDecoder(alphas=alpha, backend=backend, dtype=dtype, progress=False, solver=other)
     assert _rel(forced.fit_predict(X, Y, Xt), ref) <= TOL[dtype]
+    # a fixed alpha is solved by Cholesky; the eigendecomposition route gives the same answer
+    assert dec.factor_.solver._eig is None and dec.factor_.solver._chol
+    eig = KernelRidgeDecoder(alphas=alpha, backend=backend, dtype=dtype, progress=False, factorisation="eigh")
+    assert _rel(eig.fit_predict(X, Y, Xt), ref) <= TOL[dtype]
+    assert eig.factor_.solver._eig is not None and not eig.factor_.solver._chol
     # in-sample predictions too (Xnew = the training rows)
     ref_in = Ridge(alpha=alpha).fit(sc.transform(X), Y).predict(sc.transform(X))
     assert _rel(dec.predict(X), ref_in) <= TOL[dtype]
@@ -159,6 +164,11 @@ def test_cv_picks_brute_force_alpha(backend):
     d3 = KernelRidgeDecoder(alphas, cv=folds, dtype="float64", progress=False).fit(X, Y)
     np.testing.assert_array_equal(d2.best_alphas_, expected)
     np.testing.assert_array_equal(d3.best_alphas_, expected)
+    # 7 alphas > eigh_above: one eigendecomposition per fold; per-alpha Cholesky agrees
+    dch = KernelRidgeDecoder(alphas, cv=5, backend=backend, dtype="float64", factorisation="cholesky",
+                             progress=False).fit(X, Y)
+    np.testing.assert_allclose(dch.cv_scores_, ref, rtol=1e-7, atol=1e-9)
+    np.testing.assert_array_equal(dch.best_alphas_, expected)
     # float32 path chooses the same alphas here
     d32 = KernelRidgeDecoder(alphas, cv=5, dtype="float32", progress=False).fit(X, Y)
     np.testing.assert_array_equal(d32.best_alphas_, expected)
