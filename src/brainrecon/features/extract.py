@@ -2,7 +2,7 @@
 
 File layout (docs/DATA_PRODUCTS.md, "features"):
 
-- ``{split}/features`` (n, D) float32, chunked by rows; ``{split}/nsd_ids`` (n,) int64 in ascending
+- ``{split}/features`` (n, D) float32, chunked in row bands (:func:`chunk_shape`); ``{split}/nsd_ids`` (n,) int64 in ascending
   order (= the stimulus index's rows of that split); split in (train, test);
 - attrs: ``space``, ``feature_shape`` (prod = D), ``role``, ``model_source``, ``settings`` (JSON of the
   space's settings) and each setting as its own attr, ``description``.
@@ -30,8 +30,12 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 STIMULI_COLUMNS = ("nsdId", "brick_row", "split")
 CAPTION_COLUMNS = ("nsdId", "caption_idx", "caption")
-#: target bytes of one HDF5 chunk (whole rows; at least one row)
-CHUNK_BYTES = 4 * 2**20
+#: HDF5 chunks of the feature matrices (default): bands of CHUNK_ROWS rows x as many columns as fit in
+#: CHUNK_BYTES (64 x 4096 float32 = 1 MiB, the size of HDF5's default chunk cache). Readers take row blocks
+#: (PCA, row subsets) or column slabs over all rows (the ridge streams target columns); both touch only the
+#: chunks they need. The writer fills whole row bands, so no chunk is written twice.
+CHUNK_ROWS = 64
+CHUNK_BYTES = 2**20
 
 
 def read_stimulus_index(path) -> dict[str, pd.DataFrame]:
@@ -97,8 +101,36 @@ def read_captions(path, nsd_ids) -> dict[int, list[str]]:
     return {int(i): groups[int(i)] for i in nsd_ids}
 
 
-def _rows_per_chunk(n: int, row_bytes: int) -> int:
-    return int(max(1, min(n, CHUNK_BYTES // max(1, row_bytes))))
+def chunk_shape(n: int, d: int, itemsize: int = 4) -> tuple[int, int]:
+    """Default HDF5 chunk of an (n, d) feature matrix: (rows, columns), see :data:`CHUNK_ROWS`."""
+    rows = int(max(1, min(n, CHUNK_ROWS)))
+    cols = int(max(1, min(d, CHUNK_BYTES // (rows * itemsize))))
+    return rows, cols
+
+
+class _BandWriter:
+    """Writes the rows of an (n, d) dataset in whole bands of its chunk rows (one band buffered in memory)."""
+
+    def __init__(self, ds):
+        self.ds, self.band = ds, ds.chunks[0]
+        self.buf = np.empty((self.band, ds.shape[1]), dtype=ds.dtype)
+        self.start, self.fill = 0, 0
+
+    def add(self, rows: np.ndarray) -> None:
+        i = 0
+        while i < len(rows):
+            k = min(len(rows) - i, self.band - self.fill)
+            self.buf[self.fill:self.fill + k] = rows[i:i + k]
+            self.fill += k
+            i += k
+            if self.fill == self.band:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.fill:
+            self.ds[self.start:self.start + self.fill] = self.buf[:self.fill]
+            self.start += self.fill
+            self.fill = 0
 
 
 @contextlib.contextmanager
@@ -227,19 +259,22 @@ def extract_features(
                 if ds is None:
                     d = int(np.prod(feature_shape))
                     # an extractor may ask for float16 storage and its own (rows, columns) chunks (Takagi's
-                    # dpt: 2.4M columns per row, read by the regression in column slabs); default: float32,
-                    # whole rows
+                    # dpt: 2.4M columns per row); default: float32, chunk_shape()
                     store = np.dtype(getattr(extractor, "storage_dtype", "float32"))
                     shape = getattr(extractor, "chunk_shape", None)
                     chunks = ((min(len(ids), int(shape[0])), min(d, int(shape[1]))) if shape else
-                              (_rows_per_chunk(len(ids), d * store.itemsize), d))
+                              chunk_shape(len(ids), d, store.itemsize))
                     ds = g.create_dataset("features", shape=(len(ids), d), dtype=store, chunks=chunks)
+                    writer = _BandWriter(ds)
                 block = out.reshape(len(b_ids), -1).astype(store)
                 if not np.all(np.isfinite(block)):
                     raise FloatingPointError(f"space {space!r}: features overflow {store} storage "
                                              f"(nsdIds {b_ids.tolist()})")
-                ds[start:start + len(b_ids)] = block
+                writer.add(block)
                 bar.update(len(b_ids))
+            writer.flush()
+            if writer.start != len(ids):  # pragma: no cover - guards the band bookkeeping
+                raise RuntimeError(f"space {space!r}: wrote {writer.start} of {len(ids)} {split} rows")
         f.attrs["space"] = space
         f.attrs["feature_shape"] = np.asarray(feature_shape, dtype=np.int64)
         f.attrs["role"] = spec.role
