@@ -1,0 +1,164 @@
+# Tables (CSV + Markdown + HTML), figures (PNG) and the captions of `snakemake --report results/report.html`
+# (brainrecon.report). Every table exists for all test images and, when evaluate.exclude is set, also
+# without the listed images (suffix _excl-<tag>). What exists for a config: brainrecon.report.targets.
+# Needs evaluate.smk (EVAL_EXCL_TAG) included before it.
+from brainrecon.report.targets import (
+    figure_plan as report_figure_plan,
+    method_plan as report_method_plan,
+    table_files as report_table_files,
+    table_methods as report_table_methods,
+    table_names as report_table_names,
+)
+
+REPORT = config["report"]
+REPORT_TABLES = report_table_names(config)
+REPORT_FIGURES = report_figure_plan(config)
+REPORT_METHOD_ORDER = [p.method for p in report_method_plan(config)]
+REPORT_VARIANT_ORDER = {p.method: list(p.variants) for p in report_method_plan(config)}
+TABLE_NAMES_RE = "|".join(REPORT_TABLES) or "no_table"
+
+
+def report_targets():
+    """Every table and figure for the configured methods (the HTML report shows them all)."""
+    return report_table_files(config) + list(REPORT_FIGURES)
+
+
+def table_inputs(wildcards):
+    """The evaluation CSVs a table reads: its methods' main CSVs, or their _excl-<tag> twins."""
+    return evaluation_files(
+        config,
+        excluded=bool(getattr(wildcards, "tag", None)),
+        methods=report_table_methods(wildcards.table),
+    )
+
+
+def figure_spec(wildcards):
+    return REPORT_FIGURES[f"results/figures/{wildcards.figure}.png"]
+
+
+def table_caption(wildcards, output):
+    from brainrecon.report.tables import TABLES
+
+    return TABLES[wildcards.table].title
+
+
+rule report_table:
+    input:
+        table_inputs,
+    output:
+        csv="results/tables/{table}.csv",
+        md="results/tables/{table}.md",
+        html=report(
+            "results/tables/{table}.html",
+            caption="../report/table.rst",
+            category="Tables",
+            subcategory="All test images",
+            labels={"table": "{table}"},
+        ),
+    wildcard_constraints:
+        table=TABLE_NAMES_RE,
+    params:
+        table="{table}",
+        method_order=REPORT_METHOD_ORDER,
+        variant_order=REPORT_VARIANT_ORDER,
+        title=table_caption,
+    log:
+        "logs/report/table_{table}.log",
+    localrule: True
+    conda:
+        "../../envs/base.yaml"
+    script:
+        "../scripts/report_table.py"
+
+
+if EVAL_EXCL_TAG:
+
+    rule report_table_excluded:
+        input:
+            table_inputs,
+        output:
+            csv=f"results/tables/{{table}}_{{tag}}.csv",
+            md=f"results/tables/{{table}}_{{tag}}.md",
+            html=report(
+                "results/tables/{table}_{tag}.html",
+                caption="../report/table.rst",
+                category="Tables",
+                subcategory="Without the excluded images ({tag})",
+                labels={"table": "{table}", "images": "{tag}"},
+            ),
+        wildcard_constraints:
+            table=TABLE_NAMES_RE,
+            tag=EVAL_EXCL_TAG,
+        params:
+            table="{table}",
+            method_order=REPORT_METHOD_ORDER,
+            variant_order=REPORT_VARIANT_ORDER,
+            title=table_caption,
+        log:
+            "logs/report/table_{table}_{tag}.log",
+        localrule: True
+        conda:
+            "../../envs/base.yaml"
+        script:
+            "../scripts/report_table.py"
+
+
+# Reconstruction grids: Brain-Diffuser Fig. 3 (subjects), Fig. 6 (variants of one subject), Takagi-style
+# samples. Inputs: the images.h5 files each figure shows and the stimulus brick (ground truth).
+rule report_figure:
+    input:
+        recon=lambda wildcards: figure_spec(wildcards)["inputs"],
+        brick=nsd_path(layout.stimuli_key()),
+    output:
+        report(
+            "results/figures/{figure}.png",
+            caption="../report/figure.rst",
+            category="Figures",
+            subcategory="Reconstructions",
+            labels={"figure": "{figure}"},
+        ),
+    wildcard_constraints:
+        figure="|".join(
+            f[len("results/figures/") : -4] for f, s in REPORT_FIGURES.items() if s["kind"] != "bars"
+        )
+        or "no_figure",
+    params:
+        kind=lambda wildcards: figure_spec(wildcards)["kind"],
+        method=lambda wildcards: figure_spec(wildcards)["method"],
+        variant=lambda wildcards: figure_spec(wildcards).get("variant", ""),
+        rows=lambda wildcards: figure_spec(wildcards)["rows"],
+        n_images=REPORT["n_images"],
+        images=REPORT["images"],
+        max_samples=REPORT["max_samples"],
+        dpi=REPORT["dpi"],
+    log:
+        "logs/report/figure_{figure}.log",
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+    conda:
+        "../../envs/base.yaml"
+    script:
+        "../scripts/report_figure.py"
+
+
+rule report_metric_bars:
+    input:
+        evaluation_files(config),
+    output:
+        report(
+            "results/figures/metrics_bars.png",
+            caption="../report/bars.rst",
+            category="Figures",
+            subcategory="Metrics",
+        ),
+    params:
+        method_order=REPORT_METHOD_ORDER,
+        variant_order=REPORT_VARIANT_ORDER,
+        dpi=REPORT["dpi"],
+    log:
+        "logs/report/metrics_bars.log",
+    localrule: True
+    conda:
+        "../../envs/base.yaml"
+    script:
+        "../scripts/report_bars.py"
