@@ -24,6 +24,7 @@ include: "workflow/rules/prepare.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/regression.smk"
+include: "workflow/rules/takagi.smk"
 
 
 rule all:

@@ -65,8 +65,8 @@ def _resize(images, size: int):
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected uint8 images (B, H, W, 3), got {arr.dtype} {arr.shape}")
     if arr.shape[1:3] == (size, size):
-        return list(arr)
-    return [np.asarray(Image.fromarray(a).resize((size, size), resample=Image.LANCZOS)) for a in arr]
+        return [np.array(a) for a in arr]
+    return [np.array(Image.fromarray(a).resize((size, size), resample=Image.LANCZOS)) for a in arr]
 
 
 def setup_blip(parts, blip_size: int = 240, blip_normalize: bool = True):

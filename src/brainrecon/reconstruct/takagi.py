@@ -253,14 +253,15 @@ def dpt_hidden_layout(dpt_model) -> tuple[int, int, int]:
 def decode_depth(dpt_model, hidden, size: int | tuple[int, int]) -> np.ndarray:
     """Depth maps from predicted DPT hidden states.
 
-    hidden: (b, L·T, D) or (b, L, T, D) (L backbone layers, T tokens incl. CLS, D hidden size).
+    hidden: (b, L·T, D), (b, L, T, D) or flat (b, L·T·D) (L backbone layers, T tokens incl. CLS, D hidden
+        size; layer-major, as the ``dpt`` feature space stores them).
     size: output side(s) — the latent size of the depth-conditioned UNet (64 at 512 px).
     Returns (b, 1, h, w) float32 in [-1, 1]: neck + head → bicubic resize → per-image min–max
     to [-1, 1] (constant maps → 0).
     """
     L, T, D = dpt_hidden_layout(dpt_model)
     h = _finite(np.asarray(hidden, dtype=np.float32), "predicted DPT hidden states")
-    if h.ndim == 3 and h.shape[1:] == (L * T, D):
+    if (h.ndim == 3 and h.shape[1:] == (L * T, D)) or (h.ndim == 2 and h.shape[1] == L * T * D):
         h = h.reshape(h.shape[0], L, T, D)
     if h.ndim != 4 or h.shape[1:] != (L, T, D):
         raise ValueError(f"DPT hidden states must be (b, {L * T}, {D}) or (b, {L}, {T}, {D}), got {h.shape}")
