@@ -360,3 +360,20 @@ def test_ridge_predict_test_writes_h5(tmp_path):
     with pytest.raises(ValueError, match="test_X"):
         ridge_predict_test(X, Y, Xt[:, :5], bad, alphas=1.0, cv=None, progress=False)
     assert not bad.exists()
+
+
+def test_bench_script_runs_and_agrees(capsys):
+    """bench/ridge.py on a toy shape: runs, compares against the per-token sklearn reference."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "ridge.py"
+    spec = importlib.util.spec_from_file_location("bench_ridge", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--n", "60", "--p", "120", "--n-test", "10", "--vdvae-dim", "1000", "--vision-tokens", "2",
+                     "--text-tokens", "1", "--ref-tokens", "1", "--ref-vdvae-cols", "900", "--latent", "8"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("max relative difference"))
+    assert float(line.split(":")[1].split()[0]) <= 1e-4
+    assert "extrapolated" in out and "faster" in out

@@ -221,8 +221,8 @@ class SPDSolver:
     Two ways, same numbers: one eigendecomposition ``M = Q diag(lam) Q^T`` shared by every
     alpha (``Z = Q diag(1/(lam+alpha)) Q^T R``), or one Cholesky factorisation of
     ``M + alpha I`` per alpha. An eigendecomposition costs about as much as 15-20 Cholesky
-    factorisations (measured on CPU: 2000x2000 float64 eigh 5-8 s vs Cholesky 0.4 s; GPUs
-    are similar), so ``method="auto"`` factorises by Cholesky when at most ``eigh_above``
+    factorisations (measured on CPU: 2000x2000 float64 eigh 5-8 s vs Cholesky 0.1-0.4 s;
+    GPUs are similar), so ``method="auto"`` factorises by Cholesky when at most ``eigh_above``
     alphas are needed at once and by eigendecomposition otherwise (kept once computed).
     """
 
@@ -439,7 +439,14 @@ class KernelRidgeDecoder:
     Notes
     -----
     ``fit`` keeps a reference to ``Y`` (no copy): an h5py dataset must stay open until
-    ``predict``/``save`` are done. Each ``predict`` streams ``Y`` once.
+    ``predict``/``save`` are done. Each ``predict`` streams ``Y`` once; with a CV grid,
+    ``fit`` streams it once per fold (folds outer, target batches inner) and holds one
+    fold's stacked hat matrices (``n_alphas x n_val x n_train`` in ``dtype``).
+
+    Memory (dual regime, float32 targets, factor_dtype float64): ``Xs`` and ``K``
+    (``8 n p + 8 n^2`` bytes), one Cholesky factor per alpha in use or the eigenvectors
+    (``8 n^2`` each), one target batch (``4 n target_batch``) and the predictions
+    (``4 m T``). At the NSD shape about 3-5 GB.
     """
 
     def __init__(self, alphas=1.0, cv=5, backend="numpy", target_batch=4096, fit_intercept=True,
@@ -450,8 +457,10 @@ class KernelRidgeDecoder:
         if cv is not None and isinstance(cv, numbers.Integral) and not isinstance(cv, bool):
             if cv < 2:
                 raise ValueError(f"cv must be >= 2 folds, got cv={cv}")
-        elif cv is not None and not (hasattr(cv, "split") or hasattr(cv, "__iter__")):
-            raise ValueError(f"cv must be None, an int >= 2, a splitter or an iterable of (train, val), got {cv!r}")
+        elif cv is not None and not hasattr(cv, "split"):
+            if not hasattr(cv, "__iter__"):
+                raise ValueError(f"cv must be None, an int >= 2, a splitter or an iterable of (train, val), got {cv!r}")
+            cv = list(cv)  # a generator of folds must survive several fits
         self.cv = cv
         if backend is not None:
             from himalaya.backend import ALL_BACKENDS
