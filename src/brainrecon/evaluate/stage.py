@@ -119,7 +119,8 @@ def _sha256(path: Path) -> str:
 
 
 def fetch_eval_nets(folder, nets=TORCHVISION_NETS, *, retries: int = 5, backoff_s: float = 2.0,
-                    timeout_s: float = 60.0, check_load: bool = True, progress: bool = True) -> Path:
+                    timeout_s: float = 60.0, check_load: bool = True, progress: bool = True,
+                    mirror: str | None = None) -> Path:
     """Download the pretrained weight files of ``nets`` into ``folder`` (all or nothing).
 
     Each file goes through :func:`brainrecon.nsd.download.download_file` (retries, size checks,
@@ -128,6 +129,8 @@ def fetch_eval_nets(folder, nets=TORCHVISION_NETS, *, retries: int = 5, backoff_
     net is then built from the folder (:func:`~.nets.build_eval_net`, strict state-dict load), so
     a truncated or wrong file fails here, not in a GPU job. ``folder/evalnets.json`` lists
     ``{net: {url, file, sha256}}``. Needs internet: run once (local rule ``evaluate_fetch_nets``).
+    mirror: optional base URL (``https://``, ``file://``) holding the same file names, used instead
+    of the original hosts.
     """
     from ..nsd.download import download_file
 
@@ -136,6 +139,8 @@ def fetch_eval_nets(folder, nets=TORCHVISION_NETS, *, retries: int = 5, backoff_
     manifest = {}
     with atomic_dir(folder) as tmp:
         for name, (url, fname) in files.items():
+            if mirror:
+                url = mirror.rstrip("/") + "/" + fname
             dest = download_file(url, tmp / fname, key=fname, retries=retries, backoff_s=backoff_s,
                                  timeout_s=timeout_s, progress=progress)
             digest = _sha256(dest)
