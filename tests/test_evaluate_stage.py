@@ -124,6 +124,29 @@ def test_identical_reconstructions_score_perfectly(world, nets):
     assert np.allclose(pi["PixCorr"], 1.0) and np.allclose(pi["AlexNet(2)"], 1.0)
 
 
+def test_multi_sample_file_gets_takagi_columns(world, nets):
+    """(n, samples, S, S, 3) images.h5: TN- columns added; nets requested through a loader callable."""
+    ids = np.array(world["test_ids"][:6])
+    recon = np.stack([world["imgs"][ids], world["imgs"][ids]], axis=1)  # 2 samples, both the GT
+    rp = write_recon(world["tmp"] / "tn" / "images.h5", recon, ids)
+    asked = []
+
+    def loader(names):
+        asked.append(list(names))
+        missing = [n for n in names if n not in nets]
+        return {**{n: nets[n] for n in names if n in nets}, **load_eval_nets(missing, "tiny")}
+
+    out = world["tmp"] / "out" / "tn.csv"
+    run_stage(world, rp, out, ["PixCorr", "CLIP"], loader)
+    row = pd.read_csv(out).iloc[0]
+    assert asked == [["alexnet", "inception_v3", "clip"]]
+    assert row["n_samples"] == 2 and row["n_images"] == 6
+    assert [c for c in row.index if c.startswith("TN-")] == list(TAKAGI_COLUMNS)
+    for c in TAKAGI_COLUMNS:
+        assert row[c] == 1.0, c
+    assert row["PixCorr"] == pytest.approx(1.0, abs=1e-9)
+
+
 def test_permuted_reconstructions_are_at_chance(tmp_path, nets):
     rng = np.random.default_rng(1)
     n = 30
