@@ -279,6 +279,7 @@ def test_targets_follow_the_config():
     assert "results/tables/takagi_table1_excl-LAION_overlap.md" in tables and len(tables) == 2 * 5
     figs = figure_plan(cfg)
     assert "results/figures/takagi_t_samples_subj02.png" in figs
+    assert "results/figures/takagi_zc_subjects.png" in figs  # the CVPR method is the main Takagi variant
     assert "results/figures/braindiffuser_variants_subj02.png" in figs
 
     cfg = _config(methods={"braindiffuser": {"enabled": False}})

@@ -2,6 +2,8 @@
 # (brainrecon.report). Every table exists for all test images and, when evaluate.exclude is set, also
 # without the listed images (suffix _excl-<tag>). What exists for a config: brainrecon.report.targets.
 # Needs evaluate.smk (EVAL_EXCL_TAG) included before it.
+import re
+
 from brainrecon.report.targets import (
     figure_plan as report_figure_plan,
     method_plan as report_method_plan,
@@ -15,7 +17,7 @@ REPORT_TABLES = report_table_names(config)
 REPORT_FIGURES = report_figure_plan(config)
 REPORT_METHOD_ORDER = [p.method for p in report_method_plan(config)]
 REPORT_VARIANT_ORDER = {p.method: list(p.variants) for p in report_method_plan(config)}
-TABLE_NAMES_RE = "|".join(REPORT_TABLES) or "no_table"
+TABLE_NAMES_RE = "|".join(map(re.escape, REPORT_TABLES)) or "no_table"
 
 
 def report_targets():
@@ -88,7 +90,7 @@ if EVAL_EXCL_TAG:
             ),
         wildcard_constraints:
             table=TABLE_NAMES_RE,
-            tag=EVAL_EXCL_TAG,
+            tag=re.escape(EVAL_EXCL_TAG),
         params:
             table="{table}",
             method_order=REPORT_METHOD_ORDER,
@@ -119,7 +121,9 @@ rule report_figure:
         ),
     wildcard_constraints:
         figure="|".join(
-            f[len("results/figures/") : -4] for f, s in REPORT_FIGURES.items() if s["kind"] != "bars"
+            re.escape(f[len("results/figures/") : -4])
+            for f, s in REPORT_FIGURES.items()
+            if s["kind"] != "bars"
         )
         or "no_figure",
     params:

@@ -87,11 +87,13 @@ _TN_MEAN = {  # (mean, s.d.) over the four subjects, as printed
     "+T+G+D": ((0.855, 0.796, 0.866, 0.858, 0.921, 0.898, 0.843), (0.043, 0.031, 0.007, 0.045, 0.019, 0.014, 0.011)),
 }
 
+_TN_VARIANTS = {"[30]": "zc", "+T": "t"}  # our variants that implement the row's method (+G is not implemented)
+
 TAKAGI_PAPER = [
-    PaperRow(_TN_LABELS[k], "1, 2, 5, 7", dict(zip(_TN_COLS, m)), _TN, sd=dict(zip(_TN_COLS, sd)))
+    PaperRow(_TN_LABELS[k], "1, 2, 5, 7", dict(zip(_TN_COLS, m)), _TN, _TN_VARIANTS.get(k), sd=dict(zip(_TN_COLS, sd)))
     for k, (m, sd) in _TN_MEAN.items()
 ] + [
-    PaperRow(_TN_LABELS[k], subj, dict(zip(_TN_COLS, v)), _TN)
+    PaperRow(_TN_LABELS[k], subj, dict(zip(_TN_COLS, v)), _TN, _TN_VARIANTS.get(k))
     for subj, rows in _TN_SUBJECTS.items()
     for k, v in rows.items()
 ]

@@ -50,6 +50,8 @@ METRIC_NETS = {
     "TN-AlexNet-late": "alexnet", "TN-Inception": "inception_v3",
 }
 TAKAGI_METRICS = tuple(m for m in METRIC_NETS if m.startswith("TN-"))
+#: Variant shown in a method's subjects figure (Fig. 3 style) when configured; else its first variant.
+MAIN_VARIANT = {"braindiffuser": "full", "takagi": "zc"}
 NWAY_NETS = ("inception_v3", "alexnet", "efficientnet_b1")
 NET_ORDER = ("alexnet", "inception_v3", "efficientnet_b1", "swav", "clip")
 
@@ -192,15 +194,15 @@ def report_subject(config) -> str:
 def figure_plan(config) -> dict[str, dict]:
     """``{png path: {"kind", "method", ... , "inputs": [images.h5, ...]}}`` for the planned methods.
 
-    kinds: ``subjects`` (Fig. 3: rows GT, subject average, subjects; the method's ``full`` variant or
-    its first), ``variants`` (Fig. 6: the variants of one subject, methods with >= 2 variants),
+    kinds: ``subjects`` (Fig. 3: rows GT, subject average, subjects; the method's
+    :data:`MAIN_VARIANT` or its first), ``variants`` (Fig. 6: the variants of one subject, methods with >= 2 variants),
     ``samples`` (one per variant of a multi-sample method, one subject), ``bars`` (all eval CSVs).
     """
     plans = method_plan(config)
     subj = report_subject(config) if plans else None
     figs: dict[str, dict] = {}
     for p in plans:
-        main = "full" if "full" in p.variants else p.variants[0]
+        main = MAIN_VARIANT.get(p.method) if MAIN_VARIANT.get(p.method) in p.variants else p.variants[0]
         order = [s for s in p.subjects if s == "avg"] + [s for s in p.subjects if s != "avg"]
         figs[f"{FIGURE_DIR}/{p.method}_{main}_subjects.png"] = {
             "kind": "subjects", "method": p.method, "variant": main,
