@@ -33,7 +33,9 @@ def bd_regression_file(space, subject):
 def braindiffuser_inputs(wildcards):
     """Inputs of one variant × subject: only the regression outputs and model folders it reads."""
     spec = bd_variant_spec(wildcards.variant)
-    inputs = {space: bd_regression_file(space, wildcards.subject) for space in spec.needs}
+    inputs = {
+        space: bd_regression_file(space, wildcards.subject) for space in spec.needs
+    }
     if spec.needs_vdvae_model:
         inputs["vdvae_model"] = model_dir("vdvae")
     if spec.needs_vd_model:
@@ -43,12 +45,15 @@ def braindiffuser_inputs(wildcards):
 
 def braindiffuser_roi_inputs(wildcards):
     """ROI-optimal inputs: the three regression outputs (extra/roi_*), the features files whose
-    training rows give the target norms (the subject's own; every subject's for "avg"), both models."""
+    training rows give the target norms (the subject's own; every subject's for "avg"), both models.
+    """
     s = wildcards.subject
     feature_subjects = list(SUBJECTS) if s == "avg" else [s]
     inputs = {space: bd_regression_file(space, s) for space in BD_SPACES}
     for space in BD_SPACES:
-        inputs[f"features_{space}"] = [f"results/features/{space}/subj{x}.h5" for x in feature_subjects]
+        inputs[f"features_{space}"] = [
+            f"results/features/{space}/subj{x}.h5" for x in feature_subjects
+        ]
     inputs["vdvae_model"] = model_dir("vdvae")
     inputs["vd_model"] = model_dir("vd")
     return inputs
@@ -56,7 +61,11 @@ def braindiffuser_roi_inputs(wildcards):
 
 def bd_vd_dtype(wildcards):
     """models.dtype for variants that run VD (VDVAE always runs float32: no rerun on a dtype change)."""
-    return config["models"]["dtype"] if bd_variant_spec(wildcards.variant).stage2 else "float32"
+    return (
+        config["models"]["dtype"]
+        if bd_variant_spec(wildcards.variant).stage2
+        else "float32"
+    )
 
 
 def braindiffuser_targets():
@@ -65,7 +74,11 @@ def braindiffuser_targets():
     if not bd["enabled"]:
         return []
     subjects = braindiffuser_subjects()
-    targets = expand(f"{BD_OUT}/{{variant}}/subj{{subject}}/images.h5", variant=bd["variants"], subject=subjects)
+    targets = expand(
+        f"{BD_OUT}/{{variant}}/subj{{subject}}/images.h5",
+        variant=bd["variants"],
+        subject=subjects,
+    )
     if bd["roi_optimal"]:
         targets += expand(f"{BD_OUT}/roi/subj{{subject}}/images.h5", subject=subjects)
     return targets
@@ -77,24 +90,27 @@ rule reconstruct_braindiffuser:
     output:
         h5=f"{BD_OUT}/{{variant}}/subj{{subject}}/images.h5",
         png=directory(f"{BD_OUT}/{{variant}}/subj{{subject}}/png"),
-    wildcard_constraints:
-        variant="|".join(BD_VARIANTS),
-        subject=r"\d\d|avg",
-    params:
-        settings=lambda wildcards: bd_variant_settings(wildcards.variant, bd_config()),
-        device=config["models"]["device"],
-        dtype=bd_vd_dtype,
     log:
         f"logs/reconstruct/braindiffuser/{{variant}}/subj{{subject}}.log",
     benchmark:
         f"benchmarks/reconstruct/braindiffuser/{{variant}}/subj{{subject}}.tsv"
+    wildcard_constraints:
+        variant="|".join(BD_VARIANTS),
+        subject=r"\d\d|avg",
+    conda:
+        "../../envs/base.yaml"
     threads: 4
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 24000 * attempt,
-        runtime=lambda wildcards, attempt: (60 if wildcards.variant == "only_vdvae" else 360) * attempt,
-    conda:
-        "../../envs/base.yaml"
+        runtime=lambda wildcards, attempt: (
+            60 if wildcards.variant == "only_vdvae" else 360
+        )
+        * attempt,
+    params:
+        settings=lambda wildcards: bd_variant_settings(wildcards.variant, bd_config()),
+        device=config["models"]["device"],
+        dtype=bd_vd_dtype,
     script:
         "../scripts/reconstruct_braindiffuser.py"
 
@@ -105,23 +121,23 @@ rule reconstruct_braindiffuser_roi:
     output:
         h5=f"{BD_OUT}/roi/subj{{subject}}/images.h5",
         png=directory(f"{BD_OUT}/roi/subj{{subject}}/png"),
-    wildcard_constraints:
-        subject=r"\d\d|avg",
-    params:
-        settings=bd_roi_settings(bd_config()),
-        rois=bd_config()["roi_optimal"],
-        device=config["models"]["device"],
-        dtype=config["models"]["dtype"],
     log:
         "logs/reconstruct/braindiffuser/roi/subj{subject}.log",
     benchmark:
         "benchmarks/reconstruct/braindiffuser/roi/subj{subject}.tsv"
+    wildcard_constraints:
+        subject=r"\d\d|avg",
+    conda:
+        "../../envs/base.yaml"
     threads: 4
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 24000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
-    conda:
-        "../../envs/base.yaml"
+    params:
+        settings=bd_roi_settings(bd_config()),
+        rois=bd_config()["roi_optimal"],
+        device=config["models"]["device"],
+        dtype=config["models"]["dtype"],
     script:
         "../scripts/reconstruct_braindiffuser_roi.py"

@@ -60,7 +60,7 @@ Stage 1 decodes image by image (the VDVAE decoder draws its prior noise from one
 per call), stage 2 in batches of ``batch_size`` (identical up to floating-point
 reassociation of batched kernels).
 
-Precision: VDVAE runs float32 (it is small; its reference ran float32 at test time). The
+Precision: VDVAE always runs float32 (125 M parameters, cheap next to stage 2). The
 VD models run in the job's ``dtype`` (float16 / bfloat16 on a GPU, float32 on CPU); the
 loop keeps latents and the scheduler in float32.
 
@@ -77,10 +77,13 @@ The renormalised predictions are then reconstructed like test images (variant ``
 
 Outputs (:func:`reconstruct_to_files`): ``images.h5`` — ``images`` uint8 (n, S, S, 3),
 ``stage1`` uint8 (n, 64, 64, 3) (absent for ``no_vdvae``), ``nsd_ids`` (n,) int64 (ROI
-files: ``rois`` names instead), ``seeds`` (n,) int64, attrs with every setting, the
-variant definition, the number of denoising steps actually run and the timesteps — and a
-``png/`` folder with ``<nsdId>.png`` (``<roi>.png``). Both are written to temporary names
-and renamed into place only when everything succeeded (:mod:`brainrecon.io`).
+files: ``rois`` names instead), ``seeds`` (n,) int64, attrs with the settings the variant
+depends on (:func:`variant_settings`), the variant definition, the number of denoising
+steps actually run and the timesteps, the input files, device and dtype — and a ``png/``
+folder with ``<nsdId>.png`` (``<roi>.png``). Both are streamed batch by batch into
+temporary names and renamed into place only when everything succeeded (:mod:`brainrecon.io`);
+a failure leaves neither. The rule declares ``images.h5`` as a file output (so downstream
+rules, e.g. evaluation, can name it as input) and ``png`` as a ``directory()`` output.
 """
 
 from __future__ import annotations
