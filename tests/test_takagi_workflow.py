@@ -15,7 +15,7 @@ from brainrecon.config import validate_config
 from brainrecon.features import SPACES, extract_features, space_role
 from brainrecon.models import load_model, prepare_model
 from brainrecon.nsd import layout
-from brainrecon.nsd.prepare import write_captions_table, write_stimulus_index
+from brainrecon.nsd.prepare import write_stimulus_index
 from conftest import REPO, run_snakemake
 
 torch.set_num_threads(1)
