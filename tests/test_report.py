@@ -253,6 +253,15 @@ def _config(**over):
     return cfg
 
 
+def test_table_kinds_agree():
+    from brainrecon.report.tables import TABLES
+    from brainrecon.report.targets import TABLE_TITLES, table_names
+
+    assert set(TABLE_TITLES) == set(TABLES)
+    cfg = _config(methods={"takagi": {"variants": ["zc"]}})
+    assert set(table_names(cfg)) == set(TABLES)
+
+
 def test_targets_follow_the_config():
     cfg = _config()
     (plan,) = method_plan(cfg)  # no takagi section: skipped

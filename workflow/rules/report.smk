@@ -10,6 +10,7 @@ from brainrecon.report.targets import (
     table_files as report_table_files,
     table_methods as report_table_methods,
     table_names as report_table_names,
+    TABLE_TITLES as REPORT_TABLE_TITLES,
 )
 
 REPORT = config["report"]
@@ -39,9 +40,7 @@ def figure_spec(wildcards):
 
 
 def table_caption(wildcards, output):
-    from brainrecon.report.tables import TABLES
-
-    return TABLES[wildcards.table].title
+    return REPORT_TABLE_TITLES[wildcards.table]
 
 
 rule report_table:

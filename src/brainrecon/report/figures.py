@@ -17,7 +17,6 @@ a multi-sample reconstruction shows its first sample outside :func:`fig_samples`
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 

@@ -32,6 +32,7 @@ import pandas as pd
 from ..evaluate.suite import BRAINDIFFUSER_COLUMNS, METRICS, TAKAGI_COLUMNS, metric_spec
 from ..io import write_text_atomic, atomic_path
 from .paper import PaperRow, paper_rows
+from .targets import METHOD_LABELS, TABLE_TITLES, VARIANT_LABELS
 
 __all__ = [
     "TABLES",
@@ -55,21 +56,6 @@ __all__ = [
 SUBJECT_AVG = "avg"
 ID_COLUMNS = ("method", "variant", "subject")
 
-METHOD_LABELS = {"braindiffuser": "Brain-Diffuser", "takagi": "Takagi & Nishimoto", "cnd": "CnD"}
-VARIANT_LABELS = {
-    ("braindiffuser", "full"): "full",
-    ("braindiffuser", "only_vdvae"): "Only-VDVAE",
-    ("braindiffuser", "no_vdvae"): "w/o VDVAE",
-    ("braindiffuser", "no_text"): "w/o CLIP-Text",
-    ("braindiffuser", "no_vision"): "w/o CLIP-Vision",
-    ("takagi", "z"): "z only",
-    ("takagi", "c"): "c only",
-    ("takagi", "zc"): "baseline z + c (CVPR)",
-    ("takagi", "t"): "+T",
-    ("takagi", "tg"): "+T+G",
-    ("takagi", "td"): "+T+D",
-    ("takagi", "tgd"): "+T+G+D",
-}
 CONVENTION_NOTES = {
     "braindiffuser": "every network input resized to 224 x 224 (bilinear, anti-aliased), ImageNet or CLIP "
     "normalisation (Brain-Diffuser's evaluation)",
@@ -92,17 +78,16 @@ class TableSpec:
     nway: bool = True
 
 
+_T = TABLE_TITLES
 TABLES: dict[str, TableSpec] = {
-    "braindiffuser_table1": TableSpec("Brain-Diffuser Table 1: reconstruction quality, mean over subjects",
-                                      "braindiffuser", ("braindiffuser",), BRAINDIFFUSER_COLUMNS, "summary"),
-    "braindiffuser_subjects": TableSpec("Brain-Diffuser metrics per subject", "braindiffuser", ("braindiffuser",),
+    "braindiffuser_table1": TableSpec(_T["braindiffuser_table1"], "braindiffuser", ("braindiffuser",),
+                                      BRAINDIFFUSER_COLUMNS, "summary"),
+    "braindiffuser_subjects": TableSpec(_T["braindiffuser_subjects"], "braindiffuser", ("braindiffuser",),
                                         BRAINDIFFUSER_COLUMNS, "subjects"),
-    "takagi_table1": TableSpec("Takagi & Nishimoto Table 1: identification over samples, mean over subjects",
-                               "takagi", ("takagi",), TAKAGI_COLUMNS, "summary", nway=False),
-    "takagi_subjects": TableSpec("Takagi & Nishimoto identification per subject", "takagi", ("takagi",),
-                                 TAKAGI_COLUMNS, "subjects", nway=False),
-    "methods_table1": TableSpec("All methods, one metric suite (Brain-Diffuser Table 1 columns), mean over subjects",
-                                "comparison", None, BRAINDIFFUSER_COLUMNS, "summary"),
+    "takagi_table1": TableSpec(_T["takagi_table1"], "takagi", ("takagi",), TAKAGI_COLUMNS, "summary", nway=False),
+    "takagi_subjects": TableSpec(_T["takagi_subjects"], "takagi", ("takagi",), TAKAGI_COLUMNS, "subjects",
+                                 nway=False),
+    "methods_table1": TableSpec(_T["methods_table1"], "comparison", None, BRAINDIFFUSER_COLUMNS, "summary"),
 }
 
 

@@ -25,6 +25,10 @@ __all__ = [
     "KNOWN_METHODS",
     "MULTI_SAMPLE_METHODS",
     "METRIC_NETS",
+    "METHOD_LABELS",
+    "VARIANT_LABELS",
+    "variant_label",
+    "TABLE_TITLES",
     "NWAY_NETS",
     "NET_ORDER",
     "MethodPlan",
@@ -50,6 +54,38 @@ METRIC_NETS = {
     "TN-AlexNet-late": "alexnet", "TN-Inception": "inception_v3",
 }
 TAKAGI_METRICS = tuple(m for m in METRIC_NETS if m.startswith("TN-"))
+METHOD_LABELS = {"braindiffuser": "Brain-Diffuser", "takagi": "Takagi & Nishimoto", "cnd": "CnD"}
+VARIANT_LABELS = {
+    ("braindiffuser", "full"): "full",
+    ("braindiffuser", "only_vdvae"): "Only-VDVAE",
+    ("braindiffuser", "no_vdvae"): "w/o VDVAE",
+    ("braindiffuser", "no_text"): "w/o CLIP-Text",
+    ("braindiffuser", "no_vision"): "w/o CLIP-Vision",
+    ("takagi", "z"): "z only",
+    ("takagi", "c"): "c only",
+    ("takagi", "zc"): "z+c (CVPR)",
+    ("takagi", "t"): "+T",
+    ("takagi", "tg"): "+T+G",
+    ("takagi", "td"): "+T+D",
+    ("takagi", "tgd"): "+T+G+D",
+}
+
+
+#: Titles of the table kinds (brainrecon.report.tables.TABLES).
+TABLE_TITLES = {
+    "braindiffuser_table1": "Brain-Diffuser Table 1: reconstruction quality, mean over subjects",
+    "braindiffuser_subjects": "Brain-Diffuser metrics per subject",
+    "takagi_table1": "Takagi & Nishimoto Table 1: identification over samples, mean over subjects",
+    "takagi_subjects": "Takagi & Nishimoto identification per subject",
+    "methods_table1": "All methods, one metric suite (Brain-Diffuser Table 1 columns), mean over subjects",
+}
+
+
+def variant_label(method, variant) -> str:
+    """Display name of a variant (e.g. Brain-Diffuser ``only_vdvae`` -> "Only-VDVAE")."""
+    return VARIANT_LABELS.get((method, variant), variant)
+
+
 #: Variant shown in a method's subjects figure (Fig. 3 style) when configured; else its first variant.
 MAIN_VARIANT = {"braindiffuser": "full", "takagi": "zc"}
 NWAY_NETS = ("inception_v3", "alexnet", "efficientnet_b1")
@@ -211,13 +247,13 @@ def figure_plan(config) -> dict[str, dict]:
         if len(p.variants) > 1:
             figs[f"{FIGURE_DIR}/{p.method}_variants_subj{subj}.png"] = {
                 "kind": "variants", "method": p.method, "subject": subj,
-                "rows": {v: p.recon_file(v, subj) for v in p.variants},
+                "rows": {variant_label(p.method, v): p.recon_file(v, subj) for v in p.variants},
             }
         if p.multi_sample:
             for v in p.variants:
                 figs[f"{FIGURE_DIR}/{p.method}_{v}_samples_subj{subj}.png"] = {
                     "kind": "samples", "method": p.method, "variant": v, "subject": subj,
-                    "rows": {v: p.recon_file(v, subj)},
+                    "rows": {variant_label(p.method, v): p.recon_file(v, subj)},
                 }
     if plans:
         figs[f"{FIGURE_DIR}/metrics_bars.png"] = {"kind": "bars", "rows": {}}
