@@ -439,6 +439,7 @@ def test_variant_settings_list_only_what_a_variant_depends_on():
     assert "text_weight" not in bd.variant_settings("no_text", cfg)
     assert "text_weight" not in bd.variant_settings("no_vision", cfg)
     assert {"guidance_scale", "steps", "strength", "text_weight"} <= set(bd.variant_settings("full", cfg))
+    assert not any("batch_size" in bd.variant_settings(v, cfg) for v in bd.VARIANTS)
     assert bd.variant_spec("only_vdvae").needs == ("vdvae",)
     assert "cliptext" not in bd.variant_spec("no_text").needs and "clipvision" not in bd.variant_spec("no_vision").needs
     with pytest.raises(ValueError, match="unknown Brain-Diffuser variant"):
@@ -486,7 +487,8 @@ def _jobs(stdout):
 @pytest.mark.slow
 def test_rules_dag_inputs_and_rerun_scope(tmp_path):
     """Dry runs: every variant × subject (+ avg) + ROI folders; only_vdvae/no_text do not depend on
-    CLIP-text outputs; a guidance_scale change reruns stage-2 variants only."""
+    CLIP-text outputs; a batch_size change reruns nothing; a guidance_scale change reruns stage-2
+    variants only."""
     import yaml
 
     cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
@@ -525,6 +527,11 @@ def test_rules_dag_inputs_and_rerun_scope(tmp_path):
     proc = _snakemake(tmp_path, "-n")
     rerun = set(re.findall(r"output: results/reconstruct/braindiffuser/(\w+)/subj01/images\.h5", proc.stdout))
     assert rerun == {"full", "no_vdvae", "no_vision", "roi"}, proc.stdout[-3000:]
+
+    cfg["methods"]["braindiffuser"]["batch_size"] = 1  # fitting the batch to a GPU reruns nothing
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = _snakemake(tmp_path, "-n", "--rerun-triggers", "params")
+    assert not re.findall(r"output: results/reconstruct/braindiffuser/\w+/subj02/", proc.stdout), proc.stdout[-3000:]
 
     cfg["methods"]["braindiffuser"]["guidance_scale"] = 5.0
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))

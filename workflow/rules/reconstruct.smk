@@ -109,6 +109,8 @@ rule reconstruct_braindiffuser:
         * attempt,
     params:
         settings=lambda wildcards: bd_variant_settings(wildcards.variant, bd_config()),
+        # a function of `output`: not a rerun trigger (every image has its own generators)
+        batch_size=lambda wildcards, output: bd_config()["batch_size"],
         device=config["models"]["device"],
         dtype=bd_vd_dtype,
     script:
@@ -136,6 +138,7 @@ rule reconstruct_braindiffuser_roi:
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         settings=bd_roi_settings(bd_config()),
+        batch_size=lambda wildcards, output: bd_config()["batch_size"],
         rois=bd_config()["roi_optimal"],
         device=config["models"]["device"],
         dtype=config["models"]["dtype"],

@@ -14,7 +14,7 @@ with log_to(snakemake.log[0]):
         {space: inp[space] for space in SPACES if space in inp.keys()},
         snakemake.output.h5,
         snakemake.output.png,
-        settings=p.settings,
+        settings={**p.settings, "batch_size": p.batch_size},
         vdvae_dir=inp.get("vdvae_model"),
         vd_dir=inp.get("vd_model"),
         device=p.device,

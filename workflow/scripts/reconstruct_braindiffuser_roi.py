@@ -15,7 +15,7 @@ with log_to(snakemake.log[0]):
         {space: inp[f"features_{space}"] for space in SPACES},
         snakemake.output.h5,
         snakemake.output.png,
-        settings=p.settings,
+        settings={**p.settings, "batch_size": p.batch_size},
         vdvae_dir=inp.vdvae_model,
         vd_dir=inp.vd_model,
         device=p.device,

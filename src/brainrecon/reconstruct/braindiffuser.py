@@ -497,6 +497,8 @@ def reconstruct_to_files(variant: str, keys: Sequence, subject, settings: Settin
 
         rec = reconstruct(variant, keys, subject, settings, sink=sink, keep=False, **kwargs)
         used = variant_settings(variant, settings.as_dict())  # only what this variant depends on
+        if spec.stage2:
+            used["batch_size"] = settings.batch_size
         if key_name == "nsd_ids":
             f["nsd_ids"] = np.asarray(keys, dtype=np.int64)
         else:

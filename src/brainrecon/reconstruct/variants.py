@@ -93,15 +93,17 @@ def variant_settings(name: str, settings: Mapping) -> dict:
     The rule passes exactly this as ``params``: ``only_vdvae`` depends on
     (image_size, seed, vdvae_temperature) only; ``no_vdvae`` not on vdvae_temperature;
     ``text_weight`` only where the variant does not fix it (full, no_vdvae).
-    ``batch_size`` is included for stage-2 variants (batched kernels may change the last
-    bit of an image).
+    ``batch_size`` is not included: every image has its own generators, so the batch only
+    changes floating-point reassociation in batched kernels (at most a rounding flip of a
+    pixel level); the rule passes it as a non-triggering param, so fitting the batch to a
+    GPU's memory does not rerun finished reconstructions.
     """
     spec = variant_spec(name, settings.get("text_weight", 0.4))
     keys = ["image_size", "seed"]
     if spec.stage1:
         keys += ["vdvae_temperature"]
     if spec.stage2:
-        keys += ["steps", "strength", "guidance_scale", "batch_size"]
+        keys += ["steps", "strength", "guidance_scale"]
         if name in ("full", "no_vdvae"):
             keys += ["text_weight"]
     missing = [k for k in keys if k not in settings]
