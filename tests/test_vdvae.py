@@ -345,6 +345,58 @@ def test_encode_seeding_and_posterior_mean(tiny, images):
     torch.testing.assert_close(flatten_latents(single), flatten_latents(m1)[1:], rtol=1e-4, atol=1e-5)
 
 
+def _three_images():
+    return np.random.default_rng(5).integers(0, 256, size=(3, 64, 64, 3), dtype=np.uint8)
+
+
+def test_encode_with_one_generator_per_row(tiny):
+    """generator=[g0, g1, g2]: row i equals encoding image i alone with g_i, whatever the batch."""
+    tiny64 = copy.deepcopy(tiny).double()  # float64: batched vs single kernels agree to ~1e-15
+    x = preprocess(_three_images()).double()
+    seeds = [11, 12, 13]
+    batch = tiny64.encode_latents(x, 6, generator=[gen(s) for s in seeds])
+    for i, s in enumerate(seeds):
+        alone = tiny64.encode_latents(x[i:i + 1], 6, generator=gen(s))
+        for u, v in zip(batch, alone):
+            torch.testing.assert_close(u[i:i + 1], v, rtol=1e-10, atol=1e-12)
+    # another order of the same images and generators: the same rows, reordered
+    perm = [2, 0, 1]
+    again = tiny64.encode_latents(x[perm], 6, generator=[gen(seeds[j]) for j in perm])
+    for u, v in zip(again, batch):
+        torch.testing.assert_close(u, v[perm], rtol=1e-10, atol=1e-12)
+    # the check discriminates: one generator for the whole batch gives rows 1, 2 other noise
+    shared = flatten_latents(tiny64.encode_latents(x, 6, generator=gen(11)))
+    flat = flatten_latents(batch)
+    for i in (1, 2):
+        assert not torch.allclose(shared[i], flat[i])
+    with pytest.raises(ValueError, match="one per batch row"):
+        tiny64.encode_latents(x, 6, generator=[gen(1), gen(2)])
+    # posterior means need no generators
+    assert len(tiny64.encode_latents(x, 2, generator=[gen(1)], sample=False)) == 2
+
+
+def test_decode_with_one_generator_per_row(tiny):
+    """Prior noise and DMoL draws of row i come from generator i, as when decoding row i alone."""
+    tiny64 = copy.deepcopy(tiny).double()
+    z = tiny64.encode_latents(preprocess(_three_images()).double(), 5, sample=False)
+    seeds = [21, 22, 23]
+    px = tiny64.decode_px(z, generator=[gen(s) for s in seeds])
+    out = tiny64.decode_from_latents(z, generator=[gen(s) for s in seeds])
+    for i, s in enumerate(seeds):
+        row = [u[i:i + 1] for u in z]
+        torch.testing.assert_close(px[i:i + 1], tiny64.decode_px(row, generator=gen(s)), rtol=1e-10, atol=1e-12)
+        assert np.array_equal(out[i:i + 1], tiny64.decode_from_latents(row, generator=gen(s)))
+    # without latents: batch_size rows, one generator each
+    prior = tiny64.decode_px([], generator=[gen(1), gen(2)], batch_size=2)
+    torch.testing.assert_close(prior[1:], tiny64.decode_px([], generator=gen(2), batch_size=1), rtol=1e-10,
+                               atol=1e-12)
+    # discriminates: a shared generator gives row 1 other prior noise / pixels
+    shared = tiny64.decode_from_latents(z, generator=gen(21))
+    assert not np.array_equal(shared[1], out[1])
+    with pytest.raises(ValueError, match="one per batch row"):
+        tiny64.decode_from_latents(z, generator=[gen(1)] * 4)
+
+
 def test_decode_shapes_and_determinism(tiny, images):
     z = tiny.encode_latents(preprocess(images), 31, generator=gen(0))
     out = tiny.decode_from_latents(z, generator=gen(3))

@@ -66,32 +66,14 @@ def _mean_over_captions(encode, captions: Sequence[Sequence[str]], max_captions:
 
 
 # ----------------------------------------------------------------------------- vdvae
-@torch.no_grad()
 def encode_latents_per_image(model, x: torch.Tensor, generators: Sequence[torch.Generator], num_layers: int):
-    """:meth:`VDVAE.encode_latents` with posterior samples, but one generator per image.
+    """Posterior samples of the first ``num_layers`` decoder blocks, one generator per image: row b equals
+    ``model.encode_latents(x[b:b+1], num_layers, generator=generators[b])`` whatever the batch (a name kept
+    for :mod:`brainrecon.features`; it is :meth:`VDVAE.encode_latents` with a list of generators).
 
-    ``x`` (B, 64, 64, 3) from :func:`~brainrecon.models.vdvae.preprocess`; image b's noise for each block
-    comes from ``generators[b]`` (CPU, float32, drawn in block order), so a row equals
-    ``model.encode_latents(x[b:b+1], num_layers, generator=<same seeded generator>)`` whatever the batch.
-    Returns ``[(B, zdim, res, res)]`` for the first ``num_layers`` decoder blocks.
+    ``x`` (B, 64, 64, 3) from :func:`~brainrecon.models.vdvae.preprocess`. Returns ``[(B, zdim, res, res)]``.
     """
-    ref = model.decoder.gain
-    x = torch.as_tensor(x).to(ref.device, ref.dtype)
-    n = x.shape[0]
-    if len(generators) != n:
-        raise ValueError(f"{len(generators)} generators for a batch of {n} images")
-    acts = model.encoder(x)
-    xs = model.decoder.initial_states()
-    out = []
-    for block in model.decoder.dec_blocks[:num_layers]:
-        h = model.decoder.block_input(block, xs, n)
-        qm, qv = block.posterior_params(h, acts[block.res])
-        _, _, h = block.prior_params(h)
-        eps = torch.stack([torch.randn(tuple(qm.shape[1:]), generator=g, dtype=torch.float32) for g in generators])
-        z = qm + torch.exp(qv) * eps.to(qm.device, qm.dtype)
-        xs[block.res] = block.finish(h, z)
-        out.append(z)
-    return out
+    return model.encode_latents(x, num_layers, generator=list(generators))
 
 
 class VDVAEExtractor:
@@ -117,7 +99,7 @@ class VDVAEExtractor:
         from ..models.vdvae import flatten_latents, preprocess
 
         x = preprocess(images, size=self.config.image_size)
-        zs = encode_latents_per_image(self.model, x, image_generators(self.seed, nsd_ids), self.layers)
+        zs = self.model.encode_latents(x, self.layers, generator=image_generators(self.seed, nsd_ids))
         return _np(flatten_latents(zs))
 
 

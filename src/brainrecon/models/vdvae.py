@@ -390,22 +390,43 @@ class Decoder(nn.Module):
         return xs[self.config.image_size] * self.gain + self.bias
 
 
-def _noise(shape, like: torch.Tensor, generator: torch.Generator | None, kind: str = "normal") -> torch.Tensor:
+#: one generator for the whole batch, or one per batch row (row i's noise drawn from generator i)
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _check_generators(generator: Generators, n: int, what: str) -> None:
+    """Raise ``ValueError`` unless ``generator`` is None, one generator, or ``n`` generators (one per row)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    gens = list(generator)
+    if len(gens) != n or not all(isinstance(g, torch.Generator) for g in gens):
+        raise ValueError(f"{what}: generator must be one torch.Generator or a list of {n} (one per batch row), "
+                         f"got {len(gens)} item(s)")
+
+
+def _noise(shape, like: torch.Tensor, generator: Generators, kind: str = "normal") -> torch.Tensor:
     """Standard normal (or U(0,1)) noise shaped ``shape`` on ``like``'s device/dtype.
 
     With a generator, the draw happens on the generator's device in float32 and is then moved, so a seed gives
-    the same numbers whatever device the model runs on.
+    the same numbers whatever device the model runs on. With a list of generators (one per row,
+    ``len == shape[0]``), row i is drawn from generator i with shape ``shape[1:]`` — the same numbers a batch of
+    one would get from that generator, so a row does not depend on the other rows of the batch.
     """
     fn = torch.randn if kind == "normal" else torch.rand
     if generator is None:
         return fn(shape, device=like.device, dtype=like.dtype)
-    return fn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(like.device, like.dtype)
+    if isinstance(generator, torch.Generator):
+        return fn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(like.device, like.dtype)
+    _check_generators(generator, shape[0], "noise")
+    rows = [fn(tuple(shape[1:]), generator=g, device=g.device, dtype=torch.float32).to(like.device)
+            for g in generator]
+    return torch.stack(rows).to(like.dtype)
 
 
 def dmol_sample(
     params: torch.Tensor,
     num_mixtures: int,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     mode: Literal["sample", "mode"] = "sample",
 ) -> torch.Tensor:
     """Sample RGB values in [-1, 1] from discretised-mixture-of-logistics parameters.
@@ -416,6 +437,7 @@ def dmol_sample(
 
     ``mode="sample"``: Gumbel-max choice of the component, logistic sample (as the reference).
     ``mode="mode"``: the most probable component and its location (no noise; deterministic).
+    ``generator``: one generator, or a list of ``B`` (row b's noise from generator b).
     Returns float32 ``(B, H, W, 3)``.
     """
     p = params.float()
@@ -478,7 +500,7 @@ class VDVAE(nn.Module):
         self,
         x: torch.Tensor | np.ndarray,
         num_layers: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         sample: bool = True,
     ) -> list[torch.Tensor]:
         """Posterior latents of the first ``num_layers`` decoder blocks (default ``config.num_latent_layers``).
@@ -487,12 +509,19 @@ class VDVAE(nn.Module):
         ``generator`` (``sample=True``; the reference samples) or is the posterior mean (``sample=False``); later
         blocks are conditioned on the z chosen for earlier ones. Returns ``[(B, zdim, res, res)]``.
         Only the needed decoder blocks are run.
+
+        ``generator``: one ``torch.Generator`` for the batch, or a list of ``B`` generators — row b's noise then
+        comes from generator b (float32, on that generator's device, drawn block by block), so row b equals
+        encoding image b alone with that generator, whatever the rest of the batch (up to floating-point
+        reassociation of batched kernels).
         """
         n_layers = self.config.num_latent_layers if num_layers is None else int(num_layers)
         if not 0 <= n_layers <= self.num_dec_blocks:
             raise ValueError(f"num_layers={num_layers} not in [0, {self.num_dec_blocks}]")
         x = self._as_input(x)
         n = x.shape[0]
+        if sample:
+            _check_generators(generator, n, "encode_latents")
         acts = self.encoder(x)
         xs = self.decoder.initial_states()
         out = []
@@ -510,13 +539,14 @@ class VDVAE(nn.Module):
         self,
         latents: Sequence[torch.Tensor | np.ndarray] = (),
         temperature: float | Sequence[float] = 1.0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         batch_size: int | None = None,
     ) -> torch.Tensor:
         """Run the top-down pass; return the final feature map ``(B, width, 64, 64)`` (after gain/bias).
 
         The first ``len(latents)`` blocks use the given z ``(B, zdim, res, res)`` (numpy or tensors); the others
-        draw z from the prior with std scaled by ``temperature`` (a float, or one value per decoder block).
+        draw z from the prior with std scaled by ``temperature`` (a float, or one value per decoder block), from
+        ``generator``: one generator, or a list of ``B`` (row b's noise from generator b, as a batch of one).
         """
         ref = self.decoder.gain
         k = len(latents)
@@ -543,6 +573,7 @@ class VDVAE(nn.Module):
                 raise ValueError(f"decode: {len(temps)} temperatures for {self.num_dec_blocks} decoder blocks")
         if any(t < 0 for t in temps):
             raise ValueError(f"decode: temperatures must be ≥ 0, got {temperature!r}")
+        _check_generators(generator, n, "decode")
         xs = self.decoder.initial_states()
         for i, block in enumerate(self.decoder.dec_blocks):
             h = self.decoder.block_input(block, xs, n)
@@ -561,7 +592,7 @@ class VDVAE(nn.Module):
         self,
         latents: Sequence[torch.Tensor | np.ndarray] = (),
         temperature: float | Sequence[float] = 1.0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         output: Literal["sample", "mode"] = "sample",
         batch_size: int | None = None,
     ) -> np.ndarray:
@@ -570,7 +601,9 @@ class VDVAE(nn.Module):
         The first ``len(latents)`` decoder blocks use the given z, the remaining ones sample from the prior at
         ``temperature``; the output is a DMoL sample (``output="sample"``, as the reference) or the location of
         the most probable mixture component (``"mode"``). Pixels: ``(x + 1) · 127.5`` clipped to [0, 255] and
-        truncated to uint8 as in the reference. Deterministic for a given ``generator`` state.
+        truncated to uint8 as in the reference. Deterministic for a given ``generator`` state; with a list of
+        ``B`` generators (one per row) row b equals decoding row b alone with generator b (prior noise, then the
+        DMoL draws, in the same order), up to floating-point reassociation of batched kernels.
         """
         px = self.decode_px(latents, temperature=temperature, generator=generator, batch_size=batch_size)
         params = self.decoder.out_net(px)
