@@ -447,13 +447,20 @@ def test_fetch_model_downloads_selected_files_atomically(tmp_path, monkeypatch):
 
 
 def test_vdvae_role_tiny_roundtrip_and_real_layout(tmp_path):
-    from brainrecon.models.registry import VDVAE_FILE, load_model
+    from brainrecon.models.registry import load_model
     from brainrecon.models.vdvae import VDVAE, VDVAEConfig
+    from brainrecon.models.vdvae_role import VDVAE_FILE
+
+    spec = get_role("vdvae")  # the role's hooks are vdvae_role's (verified download)
+    assert {spec.fetch, spec.write_tiny, spec.load} == {
+        "brainrecon.models.vdvae_role:fetch", "brainrecon.models.vdvae_role:write_tiny",
+        "brainrecon.models.vdvae_role:load"}
 
     folder = build_tiny("vdvae", tmp_path / "vdvae", seed=3)
     assert sorted(p.name for p in folder.iterdir()) == sorted([VDVAE_FILE, "vdvae_config.json"])
-    parts = load_model("vdvae", folder)
+    parts = load_model("vdvae", folder)  # the registry's name is brainrecon.models.load_model
     assert parts.names() == ["model"] and isinstance(parts.model, VDVAE)
+    assert parts.source == "tiny" and parts.config == VDVAEConfig.tiny()
     with tiny.seeded(3):
         ref = VDVAE(VDVAEConfig.tiny())
     _same_state(ref, parts.model)
@@ -463,23 +470,68 @@ def test_vdvae_role_tiny_roundtrip_and_real_layout(tmp_path):
         load_model("vdvae", folder)
 
 
-def test_download_url_checks_and_writes_atomically(tmp_path):
-    from brainrecon.models.registry import download_url
-
-    src = tmp_path / "src.bin"
-    payload = bytes(range(256)) * 1000
-    src.write_bytes(payload)
-    out = download_url(src.as_uri(), tmp_path / "out" / "file.th", chunk=4096)
-    assert out.read_bytes() == payload
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["file.th"]
-
-
 def test_resolve_device_dtype():
     from brainrecon.models.registry import resolve_device_dtype
 
-    assert resolve_device_dtype("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
+    # the policy of brainrecon.models.resolve_device / resolve_dtype: CPU always computes in float32
+    assert resolve_device_dtype("cpu", "bfloat16") == (torch.device("cpu"), torch.float32)
     assert resolve_device_dtype("cpu", "float16") == (torch.device("cpu"), torch.float32)
     dev, _ = resolve_device_dtype("auto", torch.float32)
     assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="float64"):
         resolve_device_dtype("cpu", "float64")
+    if torch.cuda.is_available():
+        assert resolve_device_dtype("cuda", "bfloat16") == (torch.device("cuda"), torch.bfloat16)
+    else:
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            resolve_device_dtype("cuda", "float16")
+
+
+def test_load_role_component_subset(tiny_dirs, tmp_path):
+    """components=: only those, no post-load step; validated against the role."""
+    parts = load_role("vd", path=tiny_dirs["vd"], components=["image_encoder", "image_feature_extractor"])
+    assert parts.names() == ["image_encoder", "image_feature_extractor"]
+    assert not hasattr(parts, "image_unet") and not hasattr(parts, "text_len")  # no dual-guided conversion
+    _same_state(tiny.build_vd_components(0)["image_encoder"], parts.image_encoder)
+    assert not parts.image_encoder.training and not any(p.requires_grad for p in parts.image_encoder.parameters())
+    with pytest.raises(KeyError, match="no component 'unet'"):
+        load_role("vd", path=tiny_dirs["vd"], components=["unet"])
+    with pytest.raises(ValueError, match="no components"):
+        load_role("vd", path=tiny_dirs["vd"], components=[])
+    with pytest.raises(TypeError, match="whole role"):
+        load_role("vd", path=tiny_dirs["vd"], components=["vae"], text_len=77)
+    # only the asked components' folders must exist
+    (tmp_path / "sd").mkdir()
+    import shutil
+
+    shutil.copytree(tiny_dirs["sd"] / "vae", tmp_path / "sd" / "vae")
+    assert load_role("sd", path=tmp_path / "sd", components=["vae"]).names() == ["vae"]
+    with pytest.raises(FileNotFoundError, match="no 'unet' folder"):
+        load_role("sd", path=tmp_path / "sd")
+    # hook roles: the hook's components only
+    vdvae = build_tiny("vdvae", tmp_path / "vdvae", seed=0)
+    assert load_role("vdvae", path=vdvae, components=["model"]).names() == ["model"]
+    with pytest.raises(ValueError, match="one component 'model'"):
+        load_role("vdvae", path=vdvae, components=["decoder"])
+
+
+def test_prepare_role_options_go_to_the_fetcher(tmp_path, monkeypatch):
+    from brainrecon.models import registry, vdvae_role
+    from brainrecon.models.registry import prepare_role
+
+    seen = {}
+
+    def fake_fetch(folder, revision=None, **options):
+        seen.update(options, revision=revision)
+        vdvae_role.write_tiny(folder, seed=0)
+
+    monkeypatch.setattr(vdvae_role, "fetch", fake_fetch)
+    dest = prepare_role("vdvae", tmp_path / "models" / "vdvae", "pretrained", url="file:///x", retries=0)
+    assert seen == {"url": "file:///x", "retries": 0, "revision": None}
+    assert sorted(p.name for p in dest.iterdir()) == sorted([vdvae_role.VDVAE_FILE, vdvae_role.CONFIG_FILE])
+    with pytest.raises(TypeError, match="url"):
+        prepare_role("sd", tmp_path / "models" / "sd", "pretrained", url="file:///x")
+    with pytest.raises(TypeError, match="retries"):
+        prepare_role("vdvae", tmp_path / "models" / "tiny", "tiny", retries=0)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["vdvae"]
+    assert registry.folder_source("vdvae", dest) == "tiny" and registry.folder_source("sd", dest) is None

@@ -212,6 +212,7 @@ def test_prepare_model_tiny_hf_roles(tmp_path, role, builder, component):
     ref = builder(1)[component]
     parts = load_model(role, folder, components=[component], source="tiny")
     assert parts.names() == [component] and parts.source == "tiny"
+    assert load_model(role, folder, components=[component]).source == "unspecified"  # HF folders do not tell
     _assert_same_state(_state(ref), _state(getattr(parts, component)))
     assert not hasattr(parts, "unet") and not hasattr(parts, "image_unet")
     if role == "vd":  # the whole role, with its post-load step (dual-guided UNet)

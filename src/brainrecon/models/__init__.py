@@ -8,8 +8,8 @@ The workflow's entry points (docs/DATA_PRODUCTS.md, "models"):
 
 - :func:`prepare_model` ``(role, dest, source, seed=0)``: fetch the real weights (``"pretrained"``) or
   build the tiny stand-in (``"tiny"``) into the folder ``dest``, atomically;
-- :func:`load_model` ``(role, folder, device="cpu", dtype=torch.float32, **options)``: load such a
-  folder (the same code for real and tiny weights);
+- :func:`load_model` ``(role, folder, device="cpu", dtype="float32", *, components=None, source=None,
+  **options)``: load such a folder, or some of its components (the same code for real and tiny weights);
 - :func:`resolve_device` / :func:`resolve_dtype`: the config's ``models.device`` / ``models.dtype``
   as torch objects (CPU always computes in float32).
 
@@ -102,15 +102,12 @@ def prepare_model(role: str, dest, source: str, seed: int = 0, **kwargs) -> Path
     """Write the folder ``dest`` of ``role`` atomically: real weights (``source="pretrained"``, needs
     internet) or the tiny stand-in with seeded random weights (``"tiny"``). Returns ``dest``.
 
-    ``kwargs`` go to the fetcher (VDVAE: ``url``, ``retries``, ...; HF roles: ``revision``).
+    ``kwargs`` go to the fetcher (:func:`brainrecon.models.registry.prepare_role`; VDVAE: ``url``,
+    ``retries``, ``progress``, ...; HF roles: ``revision``).
     """
     _check_role(role)
     if source not in SOURCES:
         raise ValueError(f"model source must be one of {list(SOURCES)}, got {source!r}")
-    if role == "vdvae":
-        from .vdvae_role import prepare_vdvae
-
-        return prepare_vdvae(dest, source, seed=seed, **kwargs)
     from .registry import prepare_role
 
     return prepare_role(role, dest, source, seed=seed, **kwargs)
@@ -119,82 +116,23 @@ def prepare_model(role: str, dest, source: str, seed: int = 0, **kwargs) -> Path
 def load_model(role: str, folder, device="cpu", dtype="float32", *, components=None, source=None, **options):
     """Load ``role`` from ``folder`` (written by :func:`prepare_model`) -> a ``Components`` namespace.
 
+    :func:`brainrecon.models.registry.load_role` with ``path=folder``.
     device, dtype: see :func:`resolve_device` / :func:`resolve_dtype` (models in eval mode, no grads).
-    components: HF roles only — load just these components (e.g. ``["image_encoder",
-        "image_feature_extractor"]``), without the role's post-load step; default: the whole role
-        through :func:`brainrecon.models.registry.load_role` (``options`` go to its post-load step).
-    source: label stored on the result; VDVAE infers it from the folder (``vdvae_config.json`` =
-        tiny), HF roles get ``"unspecified"`` unless given.
+    components: load just these components (e.g. ``["image_encoder", "image_feature_extractor"]``),
+        without the role's post-load step; default: the whole role (``options`` go to its post-load
+        step; VDVAE: :class:`~brainrecon.models.vdvae.VDVAEConfig` overrides such as ``num_latent_layers``).
+    source: label stored on the result; roles that can tell infer it from the folder (VDVAE:
+        ``vdvae_config.json`` = tiny), the others get ``"unspecified"`` unless given.
     Returns attributes per component (VDVAE: ``model`` :class:`~brainrecon.models.vdvae.VDVAE` and
     ``config``), plus ``role``, ``source``, ``path``, ``component_names``.
     Raises ``FileNotFoundError`` naming the folder when it (or a component folder) is missing.
     """
     _check_role(role)
-    from .registry import Components
+    from .registry import folder_source, load_role
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"model folder {folder} for role {role!r} does not exist; create it with prepare_model "
-            f"(workflow rules fetch_models / models_build_tiny)"
-        )
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    if role == "vdvae":
-        from . import vdvae_role
-
-        if components is not None and list(components) != ["model"]:
-            raise ValueError(f"role 'vdvae' has one component 'model', asked for {list(components)}")
-        loaded = vdvae_role.load(folder, device=dev, dtype=dt, **options)
-        return Components(role=role, source=source or vdvae_role.folder_source(folder), path=str(folder),
-                          component_names=["model"], **loaded)
-    if components is not None:
-        if options:
-            raise TypeError(f"options {sorted(options)} need the whole role (components=None)")
-        return _load_components(role, folder, list(components), dev, dt, source or "unspecified")
-    from .registry import load_role
-
-    parts = load_role(role, source="pretrained", path=folder, device=dev, dtype=dt, **options)
-    parts.source = source or "unspecified"
-    return parts
-
-
-def _resolve(ref: str):
-    module, _, attr = ref.partition(":")
-    obj = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _load_components(role: str, folder: Path, names: list[str], device, dtype, source: str):
-    """Load only ``names`` of an HF role from ``folder`` (same classes and settings as load_role)."""
-    from .registry import DDIM_OVERRIDES, Components, get_role
-
-    spec = get_role(role)
-    if not names:
-        raise ValueError(f"no components asked for role {role!r}")
-    parts = Components(role=role, source=source, path=str(folder), component_names=list(names))
-    for name in names:
-        comp = spec.component(name)  # KeyError listing the role's components
-        sub = folder / comp.subfolder if comp.subfolder else folder
-        if not sub.is_dir():
-            raise FileNotFoundError(f"model folder {folder} (role {role!r}) has no {comp.subfolder!r} folder")
-        kwargs = {"local_files_only": True}
-        if comp.subfolder:
-            kwargs["subfolder"] = comp.subfolder
-        if comp.kind == "scheduler":
-            kwargs.update(DDIM_OVERRIDES)
-        if comp.kind == "model":
-            kwargs["dtype" if comp.load_class.startswith("transformers:") else "torch_dtype"] = dtype
-        try:
-            obj = _resolve(comp.load_class).from_pretrained(str(folder), **kwargs)
-        except Exception as e:
-            raise RuntimeError(f"loading component {name!r} of role {role!r} from {folder} failed: {e}") from e
-        if comp.kind == "model":
-            obj = obj.to(device).eval()
-            obj.requires_grad_(False)
-        setattr(parts, name, obj)
+    parts = load_role(role, source="pretrained", path=folder, device=device, dtype=dtype, components=components,
+                      **options)
+    parts.source = source or folder_source(role, folder) or "unspecified"
     return parts
 
 

@@ -30,12 +30,14 @@ as a whole because of ``text_unet``.) Every scheduler is loaded as ``DDIMSchedul
 from the repo's scheduler config with :data:`DDIM_OVERRIDES` (SD v1-4 ships a PNDM config;
 DDIM with that config's ``steps_offset=1`` has the timesteps of the CompVis DDIM sampler).
 
-VDVAE is not a Hugging Face repo: its role uses custom hooks (download of the official
-checkpoint; tiny = :meth:`VDVAEConfig.tiny` with seeded weights saved under the official
-file name plus ``vdvae_config.json``, which only the tiny folder has; load =
+VDVAE is not a Hugging Face repo: its role uses the custom hooks of
+:mod:`brainrecon.models.vdvae_role` (verified download of the official checkpoint; tiny =
+:meth:`VDVAEConfig.tiny` with seeded weights saved under the official file name plus
+``vdvae_config.json``, which only the tiny folder has; load =
 :func:`brainrecon.models.vdvae.load_vdvae`). Other roles (sd2_depth, blip, dpt, ...) are
-added with :func:`register_role`. :func:`load_model` ``(role, folder, device, dtype)`` is
-the call the workflow scripts use.
+added with :func:`register_role`. The workflow calls :func:`brainrecon.models.load_model`
+``(role, folder, device, dtype)`` (:func:`load_role` with a path; this module's ``load_model`` is
+an alias of it) and :func:`brainrecon.models.prepare_model` (:func:`prepare_role`).
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ from types import SimpleNamespace
 import torch
 
 from ..io import atomic_dir
-
-SOURCES = ("tiny", "pretrained")
+from . import SOURCES, resolve_device, resolve_dtype
+from .vdvae_role import VDVAE_URL
 
 # Every scheduler is loaded as DDIM with these settings, whatever the repo's config says: the
 # reference (CompVis / Versatile Diffusion) DDIM samplers never clip the x0 prediction, and
@@ -101,9 +103,13 @@ class RoleSpec:
     postprocess: ``function(components, **options) -> components`` applied by
         :func:`load_role` (e.g. Versatile Diffusion's dual-guided UNet).
     pipeline_class: ``_class_name`` of ``model_index.json`` (``None``: no model_index).
-    fetch: ``function(folder: Path, revision) -> None`` downloads into ``folder``.
+    fetch: ``function(folder: Path, revision, **options) -> None`` downloads into ``folder``
+        (``options``: what :func:`fetch_model` gets beyond ``revision``, e.g. VDVAE's ``url``, ``retries``).
     write_tiny: ``function(folder: Path, seed) -> None`` writes the tiny stand-in into ``folder``.
-    load: ``function(folder: Path, device, dtype, **options) -> {name: object}``.
+    load: ``function(folder: Path, device, dtype, **options) -> {name: object}``; the keys named in
+        ``hook_components`` are the role's components, any others plain attributes (VDVAE's ``config``).
+    folder_source: ``function(folder: Path) -> "tiny" | "pretrained"``: which kind a folder holds
+        (used by :func:`brainrecon.models.load_model` to label what it loads).
     """
 
     name: str
@@ -116,6 +122,12 @@ class RoleSpec:
     fetch: str | None = None
     write_tiny: str | None = None
     load: str | None = None
+    hook_components: tuple[str, ...] = ()
+    folder_source: str | None = None
+
+    def component_names(self) -> list[str]:
+        """The role's component names, registry order (HF roles: ``components``; hook roles: ``hook_components``)."""
+        return [c.name for c in self.components] if self.components else list(self.hook_components)
 
     def component(self, name: str) -> ComponentSpec:
         for c in self.components:
@@ -215,19 +227,16 @@ register_role(RoleSpec(
     pipeline_class="StableDiffusionPipeline",
 ))
 
-# VDVAE (Brain-Diffuser stage 1): the official ImageNet64 EMA checkpoint, one .th state dict.
-VDVAE_URL = ("https://openaipublic.blob.core.windows.net/very-deep-vaes-assets/vdvae-assets-2/"
-             "imagenet64-iter-1600000-model-ema.th")
-VDVAE_FILE = "imagenet64-iter-1600000-model-ema.th"
-# only the tiny folder has it: the VDVAEConfig the checkpoint was built with (real folder -> ImageNet64 defaults)
-VDVAE_CONFIG_FILE = "vdvae_config.json"
-
+# VDVAE (Brain-Diffuser stage 1): the official ImageNet64 EMA checkpoint, one .th state dict; its hooks
+# (verified download, tiny stand-in, loading) live in brainrecon.models.vdvae_role.
 register_role(RoleSpec(
     name="vdvae",
     repo_id=VDVAE_URL,
-    fetch="brainrecon.models.registry:_vdvae_fetch",
-    write_tiny="brainrecon.models.registry:_vdvae_write_tiny",
-    load="brainrecon.models.registry:_vdvae_load",
+    fetch="brainrecon.models.vdvae_role:fetch",
+    write_tiny="brainrecon.models.vdvae_role:write_tiny",
+    load="brainrecon.models.vdvae_role:load",
+    hook_components=("model",),
+    folder_source="brainrecon.models.vdvae_role:folder_source",
 ))
 
 
@@ -315,20 +324,25 @@ def select_repo_files(role: str, repo_files) -> list[str]:
     return sorted(dict.fromkeys(chosen))
 
 
-def fetch_model(role: str, dest, revision: str | None = None, token: str | None = None) -> Path:
+def fetch_model(role: str, dest, revision: str | None = None, token: str | None = None, **options) -> Path:
     """Download the files ``role`` needs into ``dest`` (atomically: all or nothing).
 
     Hugging Face roles: lists the repository, keeps :func:`select_repo_files`, and calls
     ``huggingface_hub.snapshot_download(allow_patterns=<those files>, local_dir=...)``.
-    Roles with a ``fetch`` hook (VDVAE) use it. Needs internet; run once (the local rule
-    ``fetch_models``); later jobs load ``dest`` offline (``HF_HUB_OFFLINE=1``).
+    Roles with a ``fetch`` hook (VDVAE) use it; ``options`` go to the hook (VDVAE: ``url``,
+    ``retries``, ``progress``, ... of :func:`brainrecon.models.vdvae_role.fetch`). Needs internet;
+    run once (the local rule ``fetch_models``); later jobs load ``dest`` offline (``HF_HUB_OFFLINE=1``).
     """
     spec = get_role(role)
     dest = Path(dest)
     if spec.fetch:
+        if token is not None:
+            options["token"] = token
         with atomic_dir(dest) as tmp:
-            _resolve(spec.fetch)(tmp, revision)
+            _resolve(spec.fetch)(tmp, revision, **options)
         return dest
+    if options:
+        raise TypeError(f"unexpected download option(s) for role {role!r}: {sorted(options)}")
 
     from huggingface_hub import HfApi, snapshot_download
 
@@ -344,60 +358,6 @@ def fetch_model(role: str, dest, revision: str | None = None, token: str | None 
         if cache.exists():
             shutil.rmtree(cache)
     return dest
-
-
-def download_url(url: str, dest, chunk: int = 1 << 20, timeout: float = 60.0) -> Path:
-    """Stream ``url`` to ``dest`` (atomically), checking the size against Content-Length."""
-    import urllib.request
-
-    from tqdm.auto import tqdm
-
-    from ..io import atomic_path
-
-    dest = Path(dest)
-    with urllib.request.urlopen(url, timeout=timeout) as resp, atomic_path(dest) as tmp:
-        total = resp.headers.get("Content-Length")
-        total = int(total) if total is not None else None
-        n = 0
-        with open(tmp, "wb") as fh, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-            while True:
-                block = resp.read(chunk)
-                if not block:
-                    break
-                fh.write(block)
-                n += len(block)
-                bar.update(len(block))
-        if total is not None and n != total:
-            raise IOError(f"download of {url} incomplete: {n} of {total} bytes")
-    return dest
-
-
-def _vdvae_fetch(folder: Path, revision=None) -> None:
-    download_url(VDVAE_URL, Path(folder) / VDVAE_FILE)
-
-
-def _vdvae_write_tiny(folder: Path, seed: int) -> None:
-    import dataclasses
-
-    from .tiny import seeded
-    from .vdvae import VDVAE, VDVAEConfig
-
-    config = VDVAEConfig.tiny()
-    with seeded(seed):
-        model = VDVAE(config)
-    torch.save(model.state_dict(), Path(folder) / VDVAE_FILE)
-    (Path(folder) / VDVAE_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-
-
-def _vdvae_load(folder: Path, device, dtype, **options) -> dict:
-    from .vdvae import VDVAEConfig, load_vdvae
-
-    folder = Path(folder)
-    cfg_file = folder / VDVAE_CONFIG_FILE
-    config = VDVAEConfig(**json.loads(cfg_file.read_text())) if cfg_file.is_file() else VDVAEConfig()
-    if options:
-        config = config.replace(**options)
-    return {"model": load_vdvae(folder / VDVAE_FILE, config, device=device, dtype=dtype)}
 
 
 # ----------------------------------------------------------------------------- tiny
@@ -449,13 +409,17 @@ def build_tiny(role: str, dest, seed: int = 0) -> Path:
     return save_components(role, parts, dest)
 
 
-def prepare_role(role: str, dest, source: str, seed: int = 0, revision: str | None = None) -> Path:
-    """Write ``resources/models/<role>``-style folder ``dest``: download (pretrained) or build (tiny)."""
+def prepare_role(role: str, dest, source: str, seed: int = 0, revision: str | None = None, **options) -> Path:
+    """Write ``resources/models/<role>``-style folder ``dest``: download (pretrained, :func:`fetch_model` with
+    ``revision`` and ``options``) or build (tiny, :func:`build_tiny` with ``seed``; no options)."""
+    get_role(role)
     if source == "pretrained":
-        return fetch_model(role, dest, revision=revision)
+        return fetch_model(role, dest, revision=revision, **options)
     if source == "tiny":
+        if options:
+            raise TypeError(f"unexpected option(s) for a tiny {role!r}: {sorted(options)}")
         return build_tiny(role, dest, seed=seed)
-    raise ValueError(f"model source must be one of {SOURCES}, got {source!r}")
+    raise ValueError(f"model source must be one of {list(SOURCES)}, got {source!r}")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -491,27 +455,29 @@ def _load_component(comp: ComponentSpec, where: str, local: bool, dtype, revisio
     return cls.from_pretrained(where, **kwargs)
 
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 def resolve_device_dtype(device="auto", dtype="float32") -> tuple[torch.device, torch.dtype]:
-    """``device``: "auto" (CUDA if available, else CPU) or a torch device; ``dtype``: a torch dtype or
-    "float32" | "float16" | "bfloat16". float16 on CPU becomes float32 (half-precision CPU kernels are
-    missing or slow); logged."""
-    import logging
+    """``(resolve_device(device), resolve_dtype(dtype, that device))``: the one device/dtype policy of
+    :mod:`brainrecon.models` ("auto" = CUDA if available; CPU always computes in float32; ``RuntimeError``
+    if CUDA is asked for but absent)."""
+    dev = resolve_device(device)
+    return dev, resolve_dtype(dtype, dev)
 
-    if isinstance(dtype, str):
-        try:
-            dtype = _DTYPES[dtype]
-        except KeyError:
-            raise ValueError(f"model dtype must be one of {sorted(_DTYPES)}, got {dtype!r}") from None
-    if device is None or device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cpu" and dtype == torch.float16:
-        logging.getLogger(__name__).info("float16 requested on CPU: using float32")
-        dtype = torch.float32
-    return device, dtype
+
+def _asked_components(spec: RoleSpec, components) -> list[str]:
+    """The component names to load: all of the role's (``None``) or the given ones, checked."""
+    names = spec.component_names()
+    if components is None:
+        return names
+    asked = list(components)
+    if not asked:
+        raise ValueError(f"no components asked for role {spec.name!r}")
+    if spec.components:
+        for name in asked:
+            spec.component(name)  # KeyError listing the role's components
+    elif not set(asked) <= set(names):
+        has = f"one component {names[0]!r}" if len(names) == 1 else f"components {names}"
+        raise ValueError(f"role {spec.name!r} has {has}, asked for {asked}")
+    return asked
 
 
 def load_role(
@@ -519,10 +485,11 @@ def load_role(
     source: str = "tiny",
     path=None,
     device="cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     seed: int = 0,
     postprocess: bool = True,
     revision: str | None = None,
+    components=None,
     **options,
 ) -> Components:
     """Load the components of ``role``.
@@ -531,26 +498,30 @@ def load_role(
         ``source`` then only labels the result). Without ``path``: ``source="tiny"`` builds
         the tiny stand-in into a temporary folder (once per process and seed) and loads it;
         ``source="pretrained"`` loads from the hub id (cache / network).
-    device, dtype: models are moved to ``device`` and loaded in ``dtype`` (see
-        :func:`resolve_device_dtype`: "auto", dtype names); eval mode, gradients off.
+    device, dtype: see :func:`brainrecon.models.resolve_device` / :func:`~brainrecon.models.resolve_dtype`
+        ("auto", dtype names; CPU computes in float32); models in eval mode, gradients off.
+    components: load only these components (e.g. ``["image_encoder", "image_feature_extractor"]``),
+        without the role's post-load step; default ``None``: all of them.
     postprocess: apply the role's post-load step (Versatile Diffusion: build the
         dual-guided image UNet, see :func:`brainrecon.models.vd.prepare_vd_components`);
-        ``options`` are passed to it.
+        ``options`` are passed to it (hook roles: to the ``load`` hook).
+    Raises ``FileNotFoundError`` naming the folder when it (or a needed component folder) is missing.
     """
     spec = get_role(role)
     if source not in SOURCES:
-        raise ValueError(f"model source must be one of {SOURCES}, got {source!r}")
+        raise ValueError(f"model source must be one of {list(SOURCES)}, got {source!r}")
     device, dtype = resolve_device_dtype(device, dtype)
+    names = _asked_components(spec, components)
     if path is not None:
         root = Path(path)
         if not root.is_dir():
             raise FileNotFoundError(
-                f"model folder {root} for role {role!r} does not exist; create it with fetch_model / build_tiny "
-                f"(workflow rule fetch_models)"
+                f"model folder {root} for role {role!r} does not exist; create it with prepare_model "
+                f"(workflow rules fetch_models / models_build_tiny)"
             )
-        for comp in spec.components:
-            folder = _folder(root, comp)
-            if not folder.is_dir():
+        for name in names if spec.components else ():
+            comp = spec.component(name)
+            if not _folder(root, comp).is_dir():
                 raise FileNotFoundError(f"model folder {root} (role {role!r}) has no {comp.subfolder!r} folder")
         where, local = str(root), True
     elif source == "tiny":
@@ -562,13 +533,15 @@ def load_role(
 
     if spec.load:
         loaded = _resolve(spec.load)(Path(where), device, dtype, **options)
-        parts = Components(role=role, source=source, path=where, component_names=list(loaded))
-        for name, obj in loaded.items():
-            setattr(parts, name, obj)
-        return parts
+        return Components(role=role, source=source, path=where, component_names=names, **loaded)
 
-    parts = Components(role=role, source=source, path=where, component_names=[c.name for c in spec.components])
-    for comp in spec.components:
+    whole = components is None
+    if options and not (whole and postprocess and spec.postprocess):
+        raise TypeError(f"unexpected options for role {role!r}: {sorted(options)}"
+                        + ("" if whole else " (options need the whole role: components=None)"))
+    parts = Components(role=role, source=source, path=where, component_names=names)
+    for name in names:
+        comp = spec.component(name)
         try:
             obj = _load_component(comp, where, local, dtype, revision)
         except Exception as exc:
@@ -577,22 +550,29 @@ def load_role(
             obj = obj.to(device).eval()
             obj.requires_grad_(False)
         setattr(parts, comp.name, obj)
-    if postprocess and spec.postprocess:
+    if whole and postprocess and spec.postprocess:
         parts = _resolve(spec.postprocess)(parts, **options)
-    elif options:
-        raise TypeError(f"unexpected options for role {role!r}: {sorted(options)}")
     return parts
 
 
-def load_model(role: str, folder, device="cpu", dtype: torch.dtype = torch.float32, **options) -> Components:
-    """Load ``role`` from ``folder`` (``model_dir(role)`` of the workflow): :func:`load_role` with a path."""
-    return load_role(role, path=folder, device=device, dtype=dtype, **options)
+def folder_source(role: str, folder) -> str | None:
+    """What ``folder`` of ``role`` holds ("tiny" / "pretrained") if the role can tell (its ``folder_source``
+    hook), else ``None``."""
+    spec = get_role(role)
+    return _resolve(spec.folder_source)(Path(folder)) if spec.folder_source else None
+
+
+def load_model(role: str, folder, device="cpu", dtype="float32", **options) -> Components:
+    """Alias of :func:`brainrecon.models.load_model` (the documented entry point)."""
+    from . import load_model as _load_model
+
+    return _load_model(role, folder, device=device, dtype=dtype, **options)
 
 
 __all__ = [
     "ROLES", "SOURCES", "ComponentSpec", "RoleSpec", "Components", "register_role", "get_role",
-    "select_repo_files", "fetch_model", "download_url", "save_components", "build_tiny", "prepare_role", "load_role",
-    "load_model", "resolve_device_dtype",
+    "select_repo_files", "fetch_model", "save_components", "build_tiny", "prepare_role", "load_role",
+    "folder_source", "load_model", "resolve_device_dtype",
 ]
 
 # roles defined in their own modules register themselves on import (Takagi +T/+D: blip, dpt, sd2_depth)

@@ -12,8 +12,12 @@ check costs no 500 MB copy). A folder without ``vdvae_config.json`` is read with
 hyperparameters (:class:`VDVAEConfig` defaults); with it, with the hyperparameters it records.
 Loading goes through :func:`brainrecon.models.vdvae.load_vdvae` in both cases (strict keys and shapes).
 
-The hook functions :func:`fetch`, :func:`write_tiny` and :func:`load` have the signatures of
-:class:`brainrecon.models.registry.RoleSpec`'s ``fetch`` / ``write_tiny`` / ``load`` hooks.
+:func:`fetch`, :func:`write_tiny`, :func:`load` and :func:`folder_source` are the ``fetch`` /
+``write_tiny`` / ``load`` / ``folder_source`` hooks of the registry's ``vdvae`` role
+(:class:`brainrecon.models.registry.RoleSpec`): they work in an existing folder, and the registry's
+generic code (:func:`~brainrecon.models.registry.fetch_model`, :func:`~brainrecon.models.registry.build_tiny`,
+:func:`~brainrecon.models.registry.load_role`, reached through :func:`brainrecon.models.prepare_model` /
+:func:`brainrecon.models.load_model`) makes the folder atomic and checks roles, sources and folders.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from pathlib import Path
 
 import torch
 
-from ..io import atomic_dir
 from .vdvae import VDVAE, VDVAEConfig, load_vdvae
 
 log = logging.getLogger(__name__)
@@ -39,8 +42,7 @@ CONFIG_FILE = "vdvae_config.json"
 
 __all__ = [
     "ROLE", "VDVAE_FILE", "VDVAE_BASE_URL", "VDVAE_URL", "CONFIG_FILE",
-    "checkpoint_path", "read_config", "folder_source", "write_tiny", "fetch", "check_checkpoint",
-    "build_tiny_vdvae", "fetch_vdvae", "prepare_vdvae", "load",
+    "checkpoint_path", "read_config", "folder_source", "write_tiny", "fetch", "check_checkpoint", "load",
 ]
 
 
@@ -161,31 +163,3 @@ def load(folder, device="cpu", dtype: torch.dtype = torch.float32, **options) ->
             raise TypeError(f"unexpected option(s) for role 'vdvae': {unknown}")
         config = config.replace(**options)
     return {"model": load_vdvae(ckpt, config, device=device, dtype=dtype), "config": config}
-
-
-# ----------------------------------------------------------------------------- atomic folder writers
-def build_tiny_vdvae(dest, seed: int = 0, config: VDVAEConfig | None = None) -> Path:
-    """Write a tiny VDVAE folder at ``dest`` atomically (see :func:`write_tiny`)."""
-    dest = Path(dest)
-    with atomic_dir(dest) as tmp:
-        write_tiny(tmp, seed=seed, config=config)
-    return dest
-
-
-def fetch_vdvae(dest, **kwargs) -> Path:
-    """Download and check the official checkpoint into ``dest`` atomically (see :func:`fetch`)."""
-    dest = Path(dest)
-    with atomic_dir(dest) as tmp:
-        fetch(tmp, **kwargs)
-    return dest
-
-
-def prepare_vdvae(dest, source: str, seed: int = 0, **kwargs) -> Path:
-    """``source="pretrained"``: :func:`fetch_vdvae`; ``"tiny"``: :func:`build_tiny_vdvae`."""
-    if source == "pretrained":
-        return fetch_vdvae(dest, **kwargs)
-    if source == "tiny":
-        if kwargs:
-            raise TypeError(f"unexpected option(s) for a tiny VDVAE: {sorted(kwargs)}")
-        return build_tiny_vdvae(dest, seed=seed)
-    raise ValueError(f"model source must be 'pretrained' or 'tiny', got {source!r}")
