@@ -24,6 +24,7 @@ include: "workflow/rules/prepare.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/regression.smk"
+include: "workflow/rules/reconstruct.smk"
 include: "workflow/rules/takagi.smk"
 
 
@@ -32,6 +33,8 @@ rule all:
     input:
         raw_targets(),
         prepare_targets(),
+        braindiffuser_targets(),
+        takagi_targets(),
 
 
 rule raw_all:
@@ -42,3 +45,9 @@ rule raw_all:
 rule prepare_all:
     input:
         prepare_targets(),
+
+
+rule reconstruct_all:
+    input:
+        braindiffuser_targets(),
+        takagi_targets(),

@@ -19,6 +19,10 @@ install)
     ;;
 start)
     dir=$(realpath -m "${2:?DIR}")
+    if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+        echo "a slurmctld/slurmd is already running on this machine; stop it first" >&2
+        exit 1
+    fi
     mkdir -p "$dir"/{spool/ctld,spool/d,log,run}
     host=$(hostname -s)
     cpus=$(nproc)
@@ -65,6 +69,13 @@ PartitionName=cpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$host MaxTime=INFINITE State=UP
 CONF
     echo "NodeName=$host Name=gpu File=/dev/null" >"$dir/gres.conf"
+    # job steps (srun inside a job) look for the default config path: point it at ours, if free
+    mkdir -p /etc/slurm
+    if [ ! -e /etc/slurm/slurm.conf ] || [ -L /etc/slurm/slurm.conf ]; then
+        ln -sfn "$dir/slurm.conf" /etc/slurm/slurm.conf
+        ln -sfn "$dir/gres.conf" /etc/slurm/gres.conf
+        echo "$dir" >"$dir/run/etc-links"
+    fi
     export SLURM_CONF="$dir/slurm.conf"
     slurmctld -f "$dir/slurm.conf" -i
     slurmd -f "$dir/slurm.conf"
@@ -86,6 +97,7 @@ stop)
     done
     sleep 1
     if [ -f "$dir/run/munged.started" ]; then pkill -x munged || true; fi
+    if [ -f "$dir/run/etc-links" ]; then rm -f /etc/slurm/slurm.conf /etc/slurm/gres.conf; fi
     ;;
 *)
     echo "unknown command $cmd" >&2
