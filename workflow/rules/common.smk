@@ -96,7 +96,9 @@ def regression_settings(space):
     s.setdefault("voxels", "all")
     s.setdefault("restandardise", True)
     if "alphas" not in s:
-        raise ValueError(f"config key regression.spaces.{space}.alphas: missing (required)")
+        raise ValueError(
+            f"config key regression.spaces.{space}.alphas: missing (required)"
+        )
     return s
 
 
@@ -106,3 +108,167 @@ def roi_optimal_for(space):
     if space in BRAINDIFFUSER_SPACES and bd["enabled"]:
         return list(bd["roi_optimal"])
     return []
+
+
+# ---------------------------------------------------------------- features (input and target functions)
+from brainrecon.features import SPACES, space_config_options, space_dtype, space_role
+
+
+def features_inputs(wildcards):
+    """Stimulus index, the space's model folder, and the brick (image spaces) or captions (text spaces)."""
+    space = SPACES[wildcards.space]
+    inputs = {
+        "stimuli": f"results/prepared/stimuli/subj{wildcards.subject}.csv",
+        "model": model_dir(space_role(wildcards.space)),
+    }
+    if space.inputs == "images":
+        inputs["brick"] = nsd_path(layout.stimuli_key())
+    else:
+        inputs["captions"] = (
+            f"results/prepared/stimuli/subj{wildcards.subject}_captions.csv"
+        )
+    return inputs
+
+
+# ---------------------------------------------------------------- reconstruct (input and target functions)
+from brainrecon.reconstruct.variants import (
+    SPACES as BD_SPACES,
+    VARIANTS as BD_VARIANTS,
+    roi_settings as bd_roi_settings,
+    variant_settings as bd_variant_settings,
+    variant_spec as bd_variant_spec,
+)
+
+BD_OUT = "results/reconstruct/braindiffuser"
+
+
+def bd_config():
+    return config["methods"]["braindiffuser"]
+
+
+def braindiffuser_subjects():
+    """Subjects reconstructed: the configured ones, plus "avg" when subject_average is on."""
+    return list(SUBJECTS) + (["avg"] if bd_config()["subject_average"] else [])
+
+
+def bd_regression_file(space, subject):
+    """Regression output of a space for a subject; "avg" -> subjavg.h5 (rule regression_subject_average)."""
+    return f"results/regression/{space}/subj{subject}.h5"
+
+
+def braindiffuser_inputs(wildcards):
+    """Inputs of one variant × subject: only the regression outputs and model folders it reads."""
+    spec = bd_variant_spec(wildcards.variant)
+    inputs = {
+        space: bd_regression_file(space, wildcards.subject) for space in spec.needs
+    }
+    if spec.needs_vdvae_model:
+        inputs["vdvae_model"] = model_dir("vdvae")
+    if spec.needs_vd_model:
+        inputs["vd_model"] = model_dir("vd")
+    return inputs
+
+
+def braindiffuser_roi_inputs(wildcards):
+    """ROI-optimal inputs: the three regression outputs (extra/roi_*), the features files whose
+    training rows give the target norms (the subject's own; every subject's for "avg"), both models.
+    """
+    s = wildcards.subject
+    feature_subjects = list(SUBJECTS) if s == "avg" else [s]
+    inputs = {space: bd_regression_file(space, s) for space in BD_SPACES}
+    for space in BD_SPACES:
+        inputs[f"features_{space}"] = [
+            f"results/features/{space}/subj{x}.h5" for x in feature_subjects
+        ]
+    inputs["vdvae_model"] = model_dir("vdvae")
+    inputs["vd_model"] = model_dir("vd")
+    return inputs
+
+
+def bd_vd_dtype(wildcards):
+    """models.dtype for variants that run VD (VDVAE always runs float32: no rerun on a dtype change)."""
+    return (
+        config["models"]["dtype"]
+        if bd_variant_spec(wildcards.variant).stage2
+        else "float32"
+    )
+
+
+def braindiffuser_targets():
+    """Every Brain-Diffuser output folder's images.h5: variants × subjects (+ avg), ROI-optimal folders."""
+    bd = bd_config()
+    if not bd["enabled"]:
+        return []
+    subjects = braindiffuser_subjects()
+    targets = expand(
+        f"{BD_OUT}/{{variant}}/subj{{subject}}/images.h5",
+        variant=bd["variants"],
+        subject=subjects,
+    )
+    if bd["roi_optimal"]:
+        targets += expand(f"{BD_OUT}/roi/subj{{subject}}/images.h5", subject=subjects)
+    return targets
+
+
+# ---------------------------------------------------------------- takagi (input and target functions)
+from brainrecon.reconstruct.takagi_variants import (
+    VARIANTS as TN_VARIANTS,
+    caption_settings as tn_caption_settings,
+    variant_settings as tn_variant_settings,
+    variant_spec as tn_variant_spec,
+)
+
+TN_OUT = "results/reconstruct/takagi"
+
+
+def tn_config():
+    return config["methods"]["takagi"]
+
+
+def tn_prediction_key(space):
+    """Regression output dataset the method reads: re-standardised predictions only if that space's
+    regression was configured to re-standardise (Takagi: no, raw ridge predictions)."""
+    return "pred_restd" if regression_settings(space)["restandardise"] else "pred"
+
+
+def tn_regression_file(space, subject):
+    return f"results/regression/{space}/subj{subject}.h5"
+
+
+def takagi_inputs(wildcards):
+    """Inputs of one variant × subject: only the regression outputs, decoded inputs and models it reads."""
+    spec = tn_variant_spec(wildcards.variant)
+    s = wildcards.subject
+    inputs = {
+        space: tn_regression_file(space, s)
+        for space in spec.needs
+        if space in ("sdz", "sdc")
+    }
+    if "captions" in spec.needs:
+        inputs["captions"] = f"{TN_OUT}/decoded/subj{s}_captions.csv"
+    if "depth" in spec.needs:
+        inputs["depth"] = f"{TN_OUT}/decoded/subj{s}_depth.h5"
+        inputs["sd2_model"] = model_dir("sd2_depth")
+    inputs["sd_model"] = model_dir("sd")  # img2img, or decoding predicted z for td
+    return inputs
+
+
+def takagi_prediction_keys(wildcards):
+    spec = tn_variant_spec(wildcards.variant)
+    return {
+        space: tn_prediction_key(space)
+        for space in spec.needs
+        if space in ("sdz", "sdc")
+    }
+
+
+def takagi_targets():
+    """Every Takagi output folder's images.h5: configured variants × subjects."""
+    tn = tn_config()
+    if not tn["enabled"]:
+        return []
+    return expand(
+        f"{TN_OUT}/{{variant}}/subj{{subject}}/images.h5",
+        variant=tn["variants"],
+        subject=SUBJECTS,
+    )

@@ -1,20 +1,5 @@
 # Per subject and feature space: features of every image the subject saw (docs/DATA_PRODUCTS.md,
 # "features"). Spaces, their model role and their options come from brainrecon.features.SPACES.
-from brainrecon.features import SPACES, space_config_options, space_dtype, space_role
-
-
-def features_inputs(wildcards):
-    """Stimulus index, the space's model folder, and the brick (image spaces) or captions (text spaces)."""
-    space = SPACES[wildcards.space]
-    inputs = {
-        "stimuli": f"results/prepared/stimuli/subj{wildcards.subject}.csv",
-        "model": model_dir(space_role(wildcards.space)),
-    }
-    if space.inputs == "images":
-        inputs["brick"] = nsd_path(layout.stimuli_key())
-    else:
-        inputs["captions"] = f"results/prepared/stimuli/subj{wildcards.subject}_captions.csv"
-    return inputs
 
 
 # Params that change the numbers are functions of wildcards only (Snakemake tracks those): the
@@ -26,27 +11,29 @@ rule features:
         unpack(features_inputs),
     output:
         "results/features/{space}/subj{subject}.h5",
+    log:
+        "logs/features/{space}/subj{subject}.log",
+    benchmark:
+        "benchmarks/features/{space}/subj{subject}.tsv"
+    wildcard_constraints:
+        space="|".join(SPACES),
+    conda:
+        "../../envs/base.yaml"
+    threads: 4
+    resources:
+        gpu=lambda wildcards: 0 if config["models"]["device"] == "cpu" else 1,
+        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
     params:
         space="{space}",
-        options=lambda wildcards: space_config_options(wildcards.space, config["features"]),
+        options=lambda wildcards: space_config_options(
+            wildcards.space, config["features"]
+        ),
         dtype=lambda wildcards: space_dtype(
             wildcards.space, config["models"]["device"], config["models"]["dtype"]
         ),
         model_source=config["models"]["source"],
         batch_size=lambda wildcards, output: config["features"]["batch_size"],
         device=lambda wildcards, output: config["models"]["device"],
-    wildcard_constraints:
-        space="|".join(SPACES),
-    log:
-        "logs/features/{space}/subj{subject}.log",
-    benchmark:
-        "benchmarks/features/{space}/subj{subject}.tsv"
-    threads: 4
-    resources:
-        gpu=lambda wildcards: 0 if config["models"]["device"] == "cpu" else 1,
-        mem_mb=lambda wildcards, attempt: 16000 * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
-    conda:
-        "../../envs/base.yaml"
     script:
         "../scripts/features_extract.py"

@@ -5,55 +5,6 @@
 # Each variant reads only the regression outputs / models / settings it uses
 # (brainrecon.reconstruct.takagi_variants): e.g. "c" reads no z prediction and ignores strength.
 # The control analysis without LAION-overlapping test images is evaluate.exclude (evaluation stage).
-from brainrecon.reconstruct.takagi_variants import (
-    VARIANTS as TN_VARIANTS,
-    caption_settings as tn_caption_settings,
-    variant_settings as tn_variant_settings,
-    variant_spec as tn_variant_spec,
-)
-
-TN_OUT = "results/reconstruct/takagi"
-
-
-def tn_config():
-    return config["methods"]["takagi"]
-
-
-def tn_prediction_key(space):
-    """Regression output dataset the method reads: re-standardised predictions only if that space's
-    regression was configured to re-standardise (Takagi: no, raw ridge predictions)."""
-    return "pred_restd" if regression_settings(space)["restandardise"] else "pred"
-
-
-def tn_regression_file(space, subject):
-    return f"results/regression/{space}/subj{subject}.h5"
-
-
-def takagi_inputs(wildcards):
-    """Inputs of one variant × subject: only the regression outputs, decoded inputs and models it reads."""
-    spec = tn_variant_spec(wildcards.variant)
-    s = wildcards.subject
-    inputs = {space: tn_regression_file(space, s) for space in spec.needs if space in ("sdz", "sdc")}
-    if "captions" in spec.needs:
-        inputs["captions"] = f"{TN_OUT}/decoded/subj{s}_captions.csv"
-    if "depth" in spec.needs:
-        inputs["depth"] = f"{TN_OUT}/decoded/subj{s}_depth.h5"
-        inputs["sd2_model"] = model_dir("sd2_depth")
-    inputs["sd_model"] = model_dir("sd")  # img2img, or decoding predicted z for td
-    return inputs
-
-
-def takagi_prediction_keys(wildcards):
-    spec = tn_variant_spec(wildcards.variant)
-    return {space: tn_prediction_key(space) for space in spec.needs if space in ("sdz", "sdc")}
-
-
-def takagi_targets():
-    """Every Takagi output folder's images.h5: configured variants × subjects."""
-    tn = tn_config()
-    if not tn["enabled"]:
-        return []
-    return expand(f"{TN_OUT}/{{variant}}/subj{{subject}}/images.h5", variant=tn["variants"], subject=SUBJECTS)
 
 
 rule takagi_captions:
@@ -62,22 +13,22 @@ rule takagi_captions:
         blip_model=model_dir("blip"),
     output:
         f"{TN_OUT}/decoded/subj{{subject}}_captions.csv",
-    params:
-        caption=lambda wildcards: tn_caption_settings(tn_config()),
-        prediction_key=lambda wildcards: tn_prediction_key("blip"),
-        device=config["models"]["device"],
-        dtype=config["models"]["dtype"],
     log:
         "logs/reconstruct/takagi/decoded/subj{subject}_captions.log",
     benchmark:
         "benchmarks/reconstruct/takagi/decoded/subj{subject}_captions.tsv"
+    conda:
+        "../../envs/base.yaml"
     threads: 4
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
-    conda:
-        "../../envs/base.yaml"
+    params:
+        caption=lambda wildcards: tn_caption_settings(tn_config()),
+        prediction_key=lambda wildcards: tn_prediction_key("blip"),
+        device=config["models"]["device"],
+        dtype=config["models"]["dtype"],
     script:
         "../scripts/reconstruct_takagi_captions.py"
 
@@ -90,22 +41,22 @@ rule takagi_depth:
     output:
         h5=f"{TN_OUT}/decoded/subj{{subject}}_depth.h5",
         png=directory(f"{TN_OUT}/decoded/subj{{subject}}_depth_png"),
-    params:
-        image_size=lambda wildcards: tn_config()["image_size"],
-        prediction_key=lambda wildcards: tn_prediction_key("dpt"),
-        device=config["models"]["device"],
-        dtype=config["models"]["dtype"],
     log:
         "logs/reconstruct/takagi/decoded/subj{subject}_depth.log",
     benchmark:
         "benchmarks/reconstruct/takagi/decoded/subj{subject}_depth.tsv"
+    conda:
+        "../../envs/base.yaml"
     threads: 4
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 32000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
-    conda:
-        "../../envs/base.yaml"
+    params:
+        image_size=lambda wildcards: tn_config()["image_size"],
+        prediction_key=lambda wildcards: tn_prediction_key("dpt"),
+        device=config["models"]["device"],
+        dtype=config["models"]["dtype"],
     script:
         "../scripts/reconstruct_takagi_depth.py"
 
@@ -117,24 +68,24 @@ rule reconstruct_takagi:
     output:
         h5=f"{TN_OUT}/{{variant}}/subj{{subject}}/images.h5",
         png=directory(f"{TN_OUT}/{{variant}}/subj{{subject}}/png"),
+    log:
+        f"logs/reconstruct/takagi/{{variant}}/subj{{subject}}.log",
+    benchmark:
+        f"benchmarks/reconstruct/takagi/{{variant}}/subj{{subject}}.tsv"
     wildcard_constraints:
         variant="|".join(TN_VARIANTS),
+    conda:
+        "../../envs/base.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: 24000 * attempt,
+        runtime=lambda wildcards, attempt: 480 * attempt,
     params:
         settings=lambda wildcards: tn_variant_settings(wildcards.variant, tn_config()),
         prediction_keys=takagi_prediction_keys,
         batch_size=lambda wildcards, output: tn_config()["batch_size"],
         device=config["models"]["device"],
         dtype=config["models"]["dtype"],
-    log:
-        f"logs/reconstruct/takagi/{{variant}}/subj{{subject}}.log",
-    benchmark:
-        f"benchmarks/reconstruct/takagi/{{variant}}/subj{{subject}}.tsv"
-    threads: 4
-    resources:
-        gpu=1,
-        mem_mb=lambda wildcards, attempt: 24000 * attempt,
-        runtime=lambda wildcards, attempt: 480 * attempt,
-    conda:
-        "../../envs/base.yaml"
     script:
         "../scripts/reconstruct_takagi.py"
