@@ -290,8 +290,11 @@ def build_table(name: str, eval_csvs, method_order=None, variant_order=None) -> 
         notes.append("TN- columns: Takagi & Nishimoto identification over all generated samples, as a fraction "
                      "(chance 0.5).")
     if spec.level == "summary":
-        notes.append("Values: mean ± s.d. over subjects (s.d. with n-1); 'subject average' rows: reconstructions "
-                     "decoded from the prediction averaged over subjects (one value, no s.d.).")
+        note = "Values: mean ± s.d. over subjects (s.d. with n-1)."
+        if (df["subject"] == SUBJECT_AVG).any():
+            note += (" 'subject average' rows: reconstructions decoded from the prediction averaged over subjects "
+                     "(one value, no s.d.).")
+        notes.append(note)
     suffix = "" if not subset or subset == "all" else f"_{subset}"
     ours.insert(len(ours.columns) - len(metrics) * (2 if spec.level == "summary" else 1), "convention", convention)
     for col in ("weights", "subset", "exclusion"):
