@@ -11,6 +11,9 @@ min_version("9.0")
 configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 
 
@@ -26,6 +29,8 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/regression.smk"
 include: "workflow/rules/reconstruct.smk"
 include: "workflow/rules/takagi.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -35,6 +40,8 @@ rule all:
         prepare_targets(),
         braindiffuser_targets(),
         takagi_targets(),
+        evaluate_targets(),
+        report_targets(),
 
 
 rule raw_all:

@@ -272,3 +272,108 @@ def takagi_targets():
         variant=tn["variants"],
         subject=SUBJECTS,
     )
+
+
+# ---------------------------------------------------------------- evaluate (input and target functions)
+from brainrecon.report.targets import (
+    KNOWN_METHODS as EVAL_METHODS,
+    eval_nets_needed,
+    evaluation_files,
+    exclusion_tag as eval_exclusion_tag,
+    method_plan as eval_method_plan,
+)
+
+EVAL = config["evaluate"]
+# evaluation nets: tiny (seeded random, nothing to fetch) or pretrained; default follows models.source
+EVAL_WEIGHTS = EVAL.get("weights") or config["models"]["source"]
+if EVAL_WEIGHTS == "pretrained" and config["models"]["source"] != "pretrained":
+    raise ValueError(
+        "config key evaluate.weights: 'pretrained' needs models.source: pretrained "
+        "(CLIP is read from the models' clip folder, model_dir('clip'))"
+    )
+EVAL_EXCL_TAG = eval_exclusion_tag(EVAL["exclude"]) if EVAL["exclude"] else None
+EVAL_NWAY = EVAL.get("nway")
+EVAL_NETS = eval_nets_needed(
+    EVAL["metrics"], EVAL_NWAY, EVAL["takagi_for_samples"], eval_method_plan(config)
+)
+EVAL_OUT = "results/evaluate/{method}/{variant}/subj{subject}"
+
+
+def evaluate_targets():
+    """Every evaluation CSV of the configured methods (+ _excl-<tag> twins, + per-image CSVs)."""
+    return (
+        evaluation_files(config)
+        + evaluation_files(config, excluded=True)
+        + evaluation_files(config, per_image=True)
+    )
+
+
+def evaluate_inputs(wildcards):
+    """images.h5, the stimulus brick, the stimulus tables defining the test split (every subject's for
+    "avg"), the evaluation model folders (pretrained), the exclusion list (if any)."""
+    s = wildcards.subject
+    subjects = list(SUBJECTS) if s == "avg" else [s]
+    inputs = {
+        "images": f"results/reconstruct/{wildcards.method}/{wildcards.variant}/subj{s}/images.h5",
+        "brick": nsd_path(layout.stimuli_key()),
+        "stimuli": [f"results/prepared/stimuli/subj{x}.csv" for x in subjects],
+    }
+    if EVAL_WEIGHTS == "pretrained":
+        if set(EVAL_NETS) - {"clip"}:
+            inputs["evalnets"] = model_dir("evalnets")
+        if "clip" in EVAL_NETS:
+            inputs["clip"] = model_dir("clip")
+    if EVAL["exclude"]:
+        inputs["exclude"] = EVAL["exclude"]
+    return inputs
+
+
+def evaluate_outputs():
+    out = {"csv": f"{EVAL_OUT}.csv"}
+    if EVAL_EXCL_TAG:
+        out["excluded"] = f"{EVAL_OUT}_{EVAL_EXCL_TAG}.csv"
+    if EVAL["per_image"]:
+        out["per_image"] = f"{EVAL_OUT}_images.csv"
+    return out
+
+
+# ---------------------------------------------------------------- report (input and target functions)
+import re
+
+from brainrecon.report.targets import (
+    figure_plan as report_figure_plan,
+    method_plan as report_method_plan,
+    table_files as report_table_files,
+    table_methods as report_table_methods,
+    table_names as report_table_names,
+    TABLE_TITLES as REPORT_TABLE_TITLES,
+)
+
+REPORT = config["report"]
+REPORT_TABLES = report_table_names(config)
+REPORT_FIGURES = report_figure_plan(config)
+REPORT_METHOD_ORDER = [p.method for p in report_method_plan(config)]
+REPORT_VARIANT_ORDER = {p.method: list(p.variants) for p in report_method_plan(config)}
+TABLE_NAMES_RE = "|".join(map(re.escape, REPORT_TABLES)) or "no_table"
+
+
+def report_targets():
+    """Every table and figure for the configured methods (the HTML report shows them all)."""
+    return report_table_files(config) + list(REPORT_FIGURES)
+
+
+def table_inputs(wildcards):
+    """The evaluation CSVs a table reads: its methods' main CSVs, or their _excl-<tag> twins."""
+    return evaluation_files(
+        config,
+        excluded=bool(getattr(wildcards, "tag", None)),
+        methods=report_table_methods(wildcards.table),
+    )
+
+
+def figure_spec(wildcards):
+    return REPORT_FIGURES[f"results/figures/{wildcards.figure}.png"]
+
+
+def table_caption(wildcards, output):
+    return REPORT_TABLE_TITLES[wildcards.table]

@@ -9,16 +9,16 @@ if config["models"]["source"] == "pretrained":
     rule fetch_models:
         output:
             directory(model_dir("{role}")),
-        params:
-            role="{role}",
         log:
             "logs/models/fetch_{role}.log",
         wildcard_constraints:
             role="|".join(MODEL_ROLES),
-        localrule: True
         retries: 0  # the downloaders retry themselves
+        localrule: True
         conda:
             "../../envs/base.yaml"
+        params:
+            role="{role}",
         script:
             "../scripts/models_fetch.py"
 
@@ -27,9 +27,6 @@ else:
     rule models_build_tiny:
         output:
             directory(model_dir("{role}")),
-        params:
-            role="{role}",
-            seed=config["models"]["seed"],
         log:
             "logs/models/tiny_{role}.log",
         wildcard_constraints:
@@ -37,5 +34,8 @@ else:
         localrule: True  # seconds of CPU; not worth a cluster job
         conda:
             "../../envs/base.yaml"
+        params:
+            role="{role}",
+            seed=config["models"]["seed"],
         script:
             "../scripts/models_build_tiny.py"

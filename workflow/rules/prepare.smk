@@ -7,21 +7,21 @@ rule prepare_subject:
         unpack(subject_raw_inputs),
     output:
         "results/prepared/{voxels}/subj{subject}.h5",
+    log:
+        "logs/prepare/{voxels}/subj{subject}.log",
+    benchmark:
+        "benchmarks/prepare/{voxels}/subj{subject}.tsv"
+    conda:
+        "../../envs/base.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=120,
     params:
         subject="{subject}",
         voxels="{voxels}",
         sessions=config["nsd"]["sessions"],
         scale=config["prepare"]["scale"],
         normalise=config["prepare"]["normalise"],
-    log:
-        "logs/prepare/{voxels}/subj{subject}.log",
-    benchmark:
-        "benchmarks/prepare/{voxels}/subj{subject}.tsv"
-    resources:
-        mem_mb=4000,
-        runtime=120,
-    conda:
-        "../../envs/base.yaml"
     script:
         "../scripts/prepare_subject.py"
 
@@ -34,12 +34,12 @@ rule prepare_stimuli:
     output:
         index="results/prepared/stimuli/subj{subject}.csv",
         captions="results/prepared/stimuli/subj{subject}_captions.csv",
-    params:
-        subject="{subject}",
-        sessions=config["nsd"]["sessions"],
     log:
         "logs/prepare/stimuli_subj{subject}.log",
     conda:
         "../../envs/base.yaml"
+    params:
+        subject="{subject}",
+        sessions=config["nsd"]["sessions"],
     script:
         "../scripts/prepare_stimuli.py"

@@ -12,13 +12,13 @@ rule regression_fit:
         "logs/regression/{space}/subj{subject}.log",
     benchmark:
         "benchmarks/regression/{space}/subj{subject}.tsv"
+    conda:
+        "../../envs/base.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
         gpu=lambda wildcards: int(config["regression"]["backend"] == "torch_cuda"),
-    conda:
-        "../../envs/base.yaml"
     params:
         space_settings=lambda wildcards: regression_settings(wildcards.space),
         backend=config["regression"]["backend"],

@@ -1,46 +1,7 @@
 # Tables (CSV + Markdown + HTML), figures (PNG) and the captions of `snakemake --report results/report.html`
 # (brainrecon.report). Every table exists for all test images and, when evaluate.exclude is set, also
 # without the listed images (suffix _excl-<tag>). What exists for a config: brainrecon.report.targets.
-# Needs evaluate.smk (EVAL_EXCL_TAG) included before it.
-import re
-
-from brainrecon.report.targets import (
-    figure_plan as report_figure_plan,
-    method_plan as report_method_plan,
-    table_files as report_table_files,
-    table_methods as report_table_methods,
-    table_names as report_table_names,
-    TABLE_TITLES as REPORT_TABLE_TITLES,
-)
-
-REPORT = config["report"]
-REPORT_TABLES = report_table_names(config)
-REPORT_FIGURES = report_figure_plan(config)
-REPORT_METHOD_ORDER = [p.method for p in report_method_plan(config)]
-REPORT_VARIANT_ORDER = {p.method: list(p.variants) for p in report_method_plan(config)}
-TABLE_NAMES_RE = "|".join(map(re.escape, REPORT_TABLES)) or "no_table"
-
-
-def report_targets():
-    """Every table and figure for the configured methods (the HTML report shows them all)."""
-    return report_table_files(config) + list(REPORT_FIGURES)
-
-
-def table_inputs(wildcards):
-    """The evaluation CSVs a table reads: its methods' main CSVs, or their _excl-<tag> twins."""
-    return evaluation_files(
-        config,
-        excluded=bool(getattr(wildcards, "tag", None)),
-        methods=report_table_methods(wildcards.table),
-    )
-
-
-def figure_spec(wildcards):
-    return REPORT_FIGURES[f"results/figures/{wildcards.figure}.png"]
-
-
-def table_caption(wildcards, output):
-    return REPORT_TABLE_TITLES[wildcards.table]
+# Its input functions live in common.smk.
 
 
 rule report_table:
@@ -56,18 +17,18 @@ rule report_table:
             subcategory="All test images",
             labels={"table": "{table}"},
         ),
+    log:
+        "logs/report/table_{table}.log",
     wildcard_constraints:
         table=TABLE_NAMES_RE,
+    localrule: True
+    conda:
+        "../../envs/base.yaml"
     params:
         table="{table}",
         method_order=REPORT_METHOD_ORDER,
         variant_order=REPORT_VARIANT_ORDER,
         title=table_caption,
-    log:
-        "logs/report/table_{table}.log",
-    localrule: True
-    conda:
-        "../../envs/base.yaml"
     script:
         "../scripts/report_table.py"
 
@@ -87,19 +48,19 @@ if EVAL_EXCL_TAG:
                 subcategory="Without the excluded images ({tag})",
                 labels={"table": "{table}", "images": "{tag}"},
             ),
+        log:
+            "logs/report/table_{table}_{tag}.log",
         wildcard_constraints:
             table=TABLE_NAMES_RE,
             tag=re.escape(EVAL_EXCL_TAG),
+        localrule: True
+        conda:
+            "../../envs/base.yaml"
         params:
             table="{table}",
             method_order=REPORT_METHOD_ORDER,
             variant_order=REPORT_VARIANT_ORDER,
             title=table_caption,
-        log:
-            "logs/report/table_{table}_{tag}.log",
-        localrule: True
-        conda:
-            "../../envs/base.yaml"
         script:
             "../scripts/report_table.py"
 
@@ -118,6 +79,8 @@ rule report_figure:
             subcategory="Reconstructions",
             labels={"figure": "{figure}"},
         ),
+    log:
+        "logs/report/figure_{figure}.log",
     wildcard_constraints:
         figure="|".join(
             re.escape(f[len("results/figures/") : -4])
@@ -125,6 +88,10 @@ rule report_figure:
             if s["kind"] != "bars"
         )
         or "no_figure",
+    conda:
+        "../../envs/base.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
     params:
         kind=lambda wildcards: figure_spec(wildcards)["kind"],
         method=lambda wildcards: figure_spec(wildcards)["method"],
@@ -134,12 +101,6 @@ rule report_figure:
         images=REPORT["images"],
         max_samples=REPORT["max_samples"],
         dpi=REPORT["dpi"],
-    log:
-        "logs/report/figure_{figure}.log",
-    resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-    conda:
-        "../../envs/base.yaml"
     script:
         "../scripts/report_figure.py"
 
@@ -154,14 +115,14 @@ rule report_metric_bars:
             category="Figures",
             subcategory="Metrics",
         ),
-    params:
-        method_order=REPORT_METHOD_ORDER,
-        variant_order=REPORT_VARIANT_ORDER,
-        dpi=REPORT["dpi"],
     log:
         "logs/report/metrics_bars.log",
     localrule: True
     conda:
         "../../envs/base.yaml"
+    params:
+        method_order=REPORT_METHOD_ORDER,
+        variant_order=REPORT_VARIANT_ORDER,
+        dpi=REPORT["dpi"],
     script:
         "../scripts/report_bars.py"
