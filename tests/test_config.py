@@ -89,3 +89,22 @@ def test_workflow_start_stops_on_unknown_subject(tmp_path):
     proc = run_snakemake("-n", "--configfile", bad)
     assert proc.returncode != 0
     assert "no subject 12" in proc.stdout + proc.stderr
+
+
+def test_every_schema_key_is_documented_in_config_readme():
+    """config/README.md explains every key the schema accepts (leaf names appear in backticks)."""
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    doc = (REPO / "config" / "README.md").read_text()
+    missing = []
+
+    def walk(node, path):
+        props = node.get("properties")
+        if not props:
+            return
+        for key, sub in props.items():
+            if f"`{key}`" not in doc and f"{key}." not in doc and f".{key}`" not in doc:
+                missing.append(".".join(path + [key]))
+            walk(sub, path + [key])
+
+    walk(schema, [])
+    assert missing == [], f"config keys not documented in config/README.md: {missing}"
