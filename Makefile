@@ -25,6 +25,8 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/snakemake --configfile $(DEMO_CONFIG) --cores $(CORES)
+	$(BIN)/snakemake --configfile $(DEMO_CONFIG) --report results/report.html
+	@echo "demo done: results/tables/, results/figures/, results/report.html (random-weight models: not real reconstructions)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
