@@ -12,27 +12,13 @@ from typing import Sequence
 
 import torch
 
+from .text import encode_prompts
 
-@torch.no_grad()
+
 def encode_sd_text(prompts: str | Sequence[str], text_encoder, tokenizer, batch_size: int = 64) -> torch.Tensor:
     """SD text context: ``last_hidden_state`` (B, 77, D) float32 on the encoder's device."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("encode_sd_text needs at least one prompt")
-    device = next(text_encoder.parameters()).device
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        tokens = tokenizer(
-            prompts[i:i + batch_size],
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        out.append(text_encoder(tokens.input_ids.to(device)).last_hidden_state.float())
-    return torch.cat(out)
+    return encode_prompts(prompts, text_encoder, tokenizer, lambda res: res.last_hidden_state,
+                          batch_size=batch_size, name="encode_sd_text")
 
 
 def sd_unconditional(parts) -> torch.Tensor:

@@ -45,6 +45,8 @@ from diffusers.models import DualTransformer2DModel, Transformer2DModel
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
+from .text import encode_prompts
+
 TEXT, IMAGE = "text", "image"
 # Brain-Diffuser: cross-attention outputs mixed 0.6 vision / 0.4 text
 BRAIN_DIFFUSER_MIX_RATIO = 0.4
@@ -282,33 +284,18 @@ def _module_device_dtype(module):
     return p.device, p.dtype
 
 
-@torch.no_grad()
 def encode_vd_text(prompts: str | Sequence[str], text_encoder, tokenizer, batch_size: int = 64) -> torch.Tensor:
     """CLIP text context of Versatile Diffusion: (B, L, D) float32 on the encoder's device.
 
     Tokens padded/truncated to ``tokenizer.model_max_length`` (77); returns
     ``text_projection(last_hidden_state) / ||text_embeds||`` per prompt (SPEC §3).
     """
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("encode_vd_text needs at least one prompt")
-    device, _ = _module_device_dtype(text_encoder)
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        tokens = tokenizer(
-            prompts[i:i + batch_size],
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        res = text_encoder(tokens.input_ids.to(device))
+    def head(res):
         embeds = text_encoder.text_projection(res.last_hidden_state)
         norm = torch.linalg.vector_norm(res.text_embeds, dim=-1, keepdim=True).unsqueeze(1)
-        out.append((embeds / norm).float())
-    return torch.cat(out)
+        return embeds / norm
+
+    return encode_prompts(prompts, text_encoder, tokenizer, head, batch_size=batch_size, name="encode_vd_text")
 
 
 def images_to_unit_tensor(images) -> torch.Tensor:
