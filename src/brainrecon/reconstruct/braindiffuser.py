@@ -98,7 +98,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Mapping, Sequence
+from typing import Callable, ClassVar, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -106,8 +106,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..io import atomic_dir, atomic_path
 from ..nsd.layout import LABEL_TABLES
+from .common import SettingsMapping, derive_seed, image_outputs, png_name, subject_code, to_uint8, upsample
 from .variants import (  # noqa: F401  (re-exported)
     METHOD,
     ROI_DEFINITIONS,
@@ -124,7 +124,7 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
-class Settings:
+class Settings(SettingsMapping):
     """``methods.braindiffuser`` settings used by reconstruction (paper values by default).
 
     vdvae_temperature: prior temperature of the VDVAE blocks without a predicted latent.
@@ -144,6 +144,8 @@ class Settings:
     batch_size: int = 4
     seed: int = 0
 
+    _label: ClassVar[str] = "Brain-Diffuser"
+
     def __post_init__(self):
         if not self.vdvae_temperature >= 0:
             raise ValueError(f"vdvae_temperature must be >= 0, got {self.vdvae_temperature}")
@@ -160,40 +162,8 @@ class Settings:
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
-    @classmethod
-    def from_mapping(cls, values: Mapping) -> "Settings":
-        """Settings from a dict (e.g. the rule's params); unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown Brain-Diffuser setting(s) {unknown}; known: {sorted(names)}")
-        return cls(**dict(values))
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 # ----------------------------------------------------------------------------- seeds
-def subject_code(subject) -> int:
-    """Integer code of a subject label: "01" / 1 -> 1, "avg" -> 0."""
-    s = str(subject)
-    if s == "avg":
-        return 0
-    try:
-        code = int(s)
-    except ValueError:
-        raise ValueError(f"subject must be a number (e.g. '01') or 'avg', got {subject!r}") from None
-    if code < 1:
-        raise ValueError(f"subject must be >= 1 or 'avg', got {subject!r}")
-    return code
-
-
-def derive_seed(*values: int) -> int:
-    """A 63-bit seed from non-negative integers (numpy ``SeedSequence``; stable across versions)."""
-    state = np.random.SeedSequence([int(v) for v in values]).generate_state(1, dtype=np.uint64)[0]
-    return int(state >> np.uint64(1))
-
-
 def image_seed(seed: int, subject, key) -> int:
     """Seed of one image: from the base ``seed``, the subject and the nsdId (int) or ROI name (str)."""
     if isinstance(key, str):
@@ -251,18 +221,6 @@ def decode_stage1(model, latents, seeds: Sequence[int], temperature: float = 1.0
     return out
 
 
-def upsample(images: np.ndarray, size: int) -> np.ndarray:
-    """Bicubic (PIL) resize of uint8 images (n, h, w, 3) to (n, size, size, 3), as the reference."""
-    from PIL import Image
-
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"upsample expects uint8 images (n, h, w, 3), got {images.dtype} {images.shape}")
-    if images.shape[1:3] == (size, size):
-        return images.copy()
-    return np.stack([np.asarray(Image.fromarray(a).resize((size, size), resample=Image.BICUBIC)) for a in images])
-
-
 # ----------------------------------------------------------------------------- stage 2
 class RandomLatentVAE(nn.Module):
     """The VAE with its encoder replaced by a random AutoKL latent (variant ``no_vdvae``).
@@ -292,11 +250,6 @@ class RandomLatentVAE(nn.Module):
 
     def decode(self, z, *args, **kwargs):
         return self.vae.decode(z, *args, **kwargs)
-
-
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8 (rounded, as ``to_pil``)."""
-    return (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 def context_shapes(parts) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -355,7 +308,7 @@ def run_stage2(parts, init_images, text_ctx, image_ctx, seeds: Sequence[int], *,
         generator=_generators(seeds, 2), num_inference_steps=int(steps), strength=float(strength),
         guidance_scale=float(guidance_scale), eta=0.0, dtype=dtype, progress=False, sample_init=True,
     )
-    return _to_uint8(res.images), int(res.num_steps), list(res.timesteps)
+    return to_uint8(res.images), int(res.num_steps), list(res.timesteps)
 
 
 # ----------------------------------------------------------------------------- the method
@@ -455,13 +408,6 @@ def reconstruct(variant: str, keys: Sequence, subject, settings: Settings, *, vd
 
 
 # ----------------------------------------------------------------------------- outputs
-def _png_name(key) -> str:
-    name = str(key)
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"cannot name a PNG after {key!r}")
-    return f"{name}.png"
-
-
 def reconstruct_to_files(variant: str, keys: Sequence, subject, settings: Settings, out_h5, png_dir, *,
                          key_name: str = "nsd_ids", attrs: Mapping | None = None, **kwargs) -> dict:
     """:func:`reconstruct`, streaming every batch into ``out_h5`` and ``png_dir`` atomically.
@@ -471,30 +417,16 @@ def reconstruct_to_files(variant: str, keys: Sequence, subject, settings: Settin
     ``key_name``: ``"nsd_ids"`` (int keys) or ``"rois"`` (names). ``attrs``: extra HDF5
     attributes (input files, device, ...). Returns a summary dict.
     """
-    from PIL import Image
-
     spec = variant_spec(variant, settings.text_weight)
     keys = list(keys)
     n, size = len(keys), int(settings.image_size)
     out_h5, png_dir = Path(out_h5), Path(png_dir)
-    with contextlib.ExitStack() as stack:
-        tmp_png = stack.enter_context(atomic_dir(png_dir))
-        tmp_h5 = stack.enter_context(atomic_path(out_h5))
-        f = stack.enter_context(h5py.File(tmp_h5, "w"))
-        ds_img = f.create_dataset("images", shape=(n, size, size, 3), dtype=np.uint8,
-                                  chunks=(1, size, size, 3), compression="gzip", compression_opts=1)
-        ds_s1 = None
-        if spec.stage1:
-            res = int(getattr(getattr(kwargs.get("vdvae_model"), "config", None), "image_size", 64))
-            ds_s1 = f.create_dataset("stage1", shape=(n, res, res, 3), dtype=np.uint8, chunks=(1, res, res, 3))
-
-        def sink(i0, images, stage1):
-            ds_img[i0:i0 + len(images)] = images
-            if ds_s1 is not None:
-                ds_s1[i0:i0 + len(stage1)] = stage1
-            for j, im in enumerate(images):
-                Image.fromarray(im).save(tmp_png / _png_name(keys[i0 + j]))
-
+    stage1_shape = None
+    if spec.stage1:
+        res = int(getattr(getattr(kwargs.get("vdvae_model"), "config", None), "image_size", 64))
+        stage1_shape = (res, res, 3)
+    with image_outputs(out_h5, png_dir, n=n, image_shape=(size, size, 3), stage1_shape=stage1_shape,
+                       png_names=lambda i: [png_name(keys[i])]) as (f, sink):
         rec = reconstruct(variant, keys, subject, settings, sink=sink, keep=False, **kwargs)
         used = variant_settings(variant, settings.as_dict())  # only what this variant depends on
         if spec.stage2:
@@ -523,7 +455,6 @@ def reconstruct_to_files(variant: str, keys: Sequence, subject, settings: Settin
         }
         for k, v in {**meta, **dict(attrs or {})}.items():
             f.attrs[k] = v
-        f.close()
     log.info("wrote %d %s images (%d denoising steps) to %s and %s", n, variant, rec.num_steps, out_h5, png_dir)
     return {"n": n, "num_denoising_steps": rec.num_steps, "timesteps": rec.timesteps}
 

@@ -88,6 +88,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io import atomic_dir, atomic_path, write_text_atomic
+from .common import derive_seed, image_outputs, subject_code, to_uint8, upsample
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,6 @@ from .takagi_variants import (  # noqa: F401  (re-exported: the torch-free part 
 # ----------------------------------------------------------------------------- seeds
 def sample_seed(seed: int, subject, nsd_id: int, sample: int) -> int:
     """Seed of sample ``sample`` of image ``nsd_id`` of ``subject`` ("01" or 1; "avg" = 0)."""
-    from .braindiffuser import derive_seed, subject_code
-
     if int(nsd_id) < 0 or int(sample) < 0:
         raise ValueError(f"nsdId and sample must be >= 0, got {nsd_id}, {sample}")
     return derive_seed(int(seed) & 0xFFFFFFFFFFFFFFFF, subject_code(subject), int(nsd_id), int(sample))
@@ -121,11 +120,6 @@ def sample_seeds(seed: int, subject, nsd_ids: Sequence[int], n_samples: int) -> 
 
 
 # ----------------------------------------------------------------------------- helpers
-def _uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8 (rounded)."""
-    return (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-
-
 def _finite(x: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(x).all():
         raise ValueError(f"{what} contain NaN or inf")
@@ -142,14 +136,13 @@ def vae_factor(vae) -> int:
 def decode_z(vae, latents, image_size: int) -> np.ndarray:
     """X_z: predicted scaled latents (b, 4, h, w) → VAE decode (b, 8h, 8w) → uint8 → bicubic to
     ``image_size``. Returns (b, image_size, image_size, 3) uint8."""
-    from .braindiffuser import upsample
     from .img2img import vae_decode
 
     lat = _finite(np.asarray(latents, dtype=np.float32), "predicted z")
     c = int(vae.config.latent_channels)
     if lat.ndim != 4 or lat.shape[1] != c:
         raise ValueError(f"predicted z must be (b, {c}, h, w), got shape {lat.shape}")
-    decoded = _uint8(vae_decode(vae, torch.from_numpy(lat)))
+    decoded = to_uint8(vae_decode(vae, torch.from_numpy(lat)))
     return upsample(decoded, int(image_size))
 
 
@@ -438,7 +431,7 @@ def run_img2img(parts, spec: VariantSpec, settings: Settings, init_images, text_
         guidance_scale=float(guidance), eta=float(settings.eta), dtype=dtype, progress=False,
         extra_latent_channels=extra, sample_init=True,
     )
-    return _uint8(res.images), int(res.num_steps), list(res.timesteps)
+    return to_uint8(res.images), int(res.num_steps), list(res.timesteps)
 
 
 @dataclass
@@ -559,42 +552,28 @@ def reconstruct_to_files(variant: str, nsd_ids: Sequence[int], subject, settings
     ``stage1`` (variants using z), ``captions`` (t, td), ``depth`` (td); attrs: settings, variant,
     steps run, timesteps, ``attrs``. PNGs: ``<nsdId>_<sample>.png``. Returns a summary dict.
     """
-    from PIL import Image
-
     spec = variant_spec(variant)
     ids = np.asarray(list(nsd_ids), dtype=np.int64)
     n, ns, S = ids.size, settings.n_samples, settings.image_size
-    with atomic_path(out_h5) as tmp, atomic_dir(png_dir) as ptmp:
-        with h5py.File(tmp, "w") as f:
-            ds = f.create_dataset("images", shape=(n, ns, S, S, 3), dtype=np.uint8,
-                                  chunks=(1, 1, S, S, 3), compression="gzip", compression_opts=1)
-            ds1 = (f.create_dataset("stage1", shape=(n, S, S, 3), dtype=np.uint8, chunks=(1, S, S, 3),
-                                    compression="gzip", compression_opts=1) if spec.init == "z" else None)
-
-            def sink(i0, imgs, stage1):
-                ds[i0:i0 + imgs.shape[0]] = imgs
-                if ds1 is not None and stage1 is not None:
-                    ds1[i0:i0 + stage1.shape[0]] = stage1
-                for a in range(imgs.shape[0]):
-                    for s in range(ns):
-                        Image.fromarray(imgs[a, s]).save(Path(ptmp) / f"{int(ids[i0 + a])}_{s}.png")
-
-            rec = reconstruct(variant, ids, subject, settings, depth=depth, captions=captions, sink=sink,
-                              keep=False, **kwargs)
-            f["nsd_ids"] = ids
-            f["seeds"] = rec.seeds
-            if spec.text == "caption":
-                f.create_dataset("captions", data=np.asarray([str(t) for t in captions], dtype=object),
-                                 dtype=h5py.string_dtype("utf-8"))
-            if spec.depth:
-                f["depth"] = np.asarray(depth[0:n], dtype=np.float32)
-            meta = dict(method=METHOD, variant=variant, subject=str(subject), num_steps=rec.num_steps,
-                        timesteps=json.dumps(rec.timesteps), variant_spec=json.dumps(dataclasses.asdict(spec)),
-                        settings=json.dumps(settings.as_dict()), model=spec.model,
-                        seed_rule="derive_seed(seed, subject, nsdId, sample)")
-            for k, v in (attrs or {}).items():
-                meta[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
-            f.attrs.update(meta)
+    with image_outputs(out_h5, png_dir, n=n, image_shape=(ns, S, S, 3),
+                       stage1_shape=(S, S, 3) if spec.init == "z" else None,
+                       png_names=lambda i: [f"{int(ids[i])}_{s}.png" for s in range(ns)]) as (f, sink):
+        rec = reconstruct(variant, ids, subject, settings, depth=depth, captions=captions, sink=sink,
+                          keep=False, **kwargs)
+        f["nsd_ids"] = ids
+        f["seeds"] = rec.seeds
+        if spec.text == "caption":
+            f.create_dataset("captions", data=np.asarray([str(t) for t in captions], dtype=object),
+                             dtype=h5py.string_dtype("utf-8"))
+        if spec.depth:
+            f["depth"] = np.asarray(depth[0:n], dtype=np.float32)
+        meta = dict(method=METHOD, variant=variant, subject=str(subject), num_steps=rec.num_steps,
+                    timesteps=json.dumps(rec.timesteps), variant_spec=json.dumps(dataclasses.asdict(spec)),
+                    settings=json.dumps(settings.as_dict()), model=spec.model,
+                    seed_rule="derive_seed(seed, subject, nsdId, sample)")
+        for k, v in (attrs or {}).items():
+            meta[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+        f.attrs.update(meta)
     summary = dict(variant=variant, subject=str(subject), n_images=int(n), n_samples=ns, num_steps=rec.num_steps,
                    out=str(out_h5))
     log.info("takagi %s subject %s: %s", variant, subject, summary)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Mapping
+from typing import ClassVar, Mapping
+
+from .common import SettingsMapping
 
 METHOD = "takagi"
 VARIANTS = ("z", "c", "zc", "t", "td")
@@ -20,7 +22,7 @@ SPACES = ("sdz", "sdc", "blip", "dpt")
 
 # ----------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
-class Settings:
+class Settings(SettingsMapping):
     """``methods.takagi`` settings used by reconstruction (paper values by default).
 
     steps, strength: DDIM grid and the fraction run (``int(strength · steps)`` = 40 steps).
@@ -38,27 +40,17 @@ class Settings:
     batch_size: int = 5
     seed: int = 0
 
+    _label: ClassVar[str] = "Takagi"
+
     def __post_init__(self):
         if self.steps < 1 or self.n_samples < 1 or self.batch_size < 1 or self.image_size < 8:
             raise ValueError(f"invalid Takagi settings {self}")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
 
-    @classmethod
-    def from_mapping(cls, values: Mapping) -> "Settings":
-        """Settings from a dict (e.g. the rule's params); unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown Takagi setting(s) {unknown}; known: {sorted(names)}")
-        return cls(**dict(values))
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
-class CaptionSettings:
+class CaptionSettings(SettingsMapping):
     """BLIP beam-search settings (the reference's ``generate_from_imageembeds`` call)."""
 
     num_beams: int = 3
@@ -68,19 +60,13 @@ class CaptionSettings:
     prompt: str = "a picture of "
     batch_size: int = 16
 
+    _label: ClassVar[str] = "caption"
+
     def __post_init__(self):
         if self.num_beams < 1 or self.max_length < 1 or self.batch_size < 1:
             raise ValueError(f"invalid caption settings {self}")
         if not 0 <= self.min_length <= self.max_length:
             raise ValueError(f"caption min_length {self.min_length} must be in [0, max_length={self.max_length}]")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping) -> "CaptionSettings":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown caption setting(s) {unknown}; known: {sorted(names)}")
-        return cls(**dict(values))
 
 
 @dataclass(frozen=True)
