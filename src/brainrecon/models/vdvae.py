@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..randomness import per_row_noise
+
 __all__ = [
     "IMAGENET64_SHIFT",
     "IMAGENET64_SCALE",
@@ -418,9 +420,7 @@ def _noise(shape, like: torch.Tensor, generator: Generators, kind: str = "normal
     if isinstance(generator, torch.Generator):
         return fn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(like.device, like.dtype)
     _check_generators(generator, shape[0], "noise")
-    rows = [fn(tuple(shape[1:]), generator=g, device=g.device, dtype=torch.float32).to(like.device)
-            for g in generator]
-    return torch.stack(rows).to(like.dtype)
+    return per_row_noise(generator, shape[1:], like.device, like.dtype, kind)
 
 
 def dmol_sample(

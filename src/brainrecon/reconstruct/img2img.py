@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.vd import images_to_unit_tensor
+from ..randomness import per_row_noise
 
 
 @dataclass
@@ -86,11 +87,6 @@ def _generators(generator, batch: int) -> list[torch.Generator]:
     return gens
 
 
-def _randn(gens: list[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
-    """(len(gens), *shape) standard normal float32, row i drawn from gens[i], moved to ``device``."""
-    return torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in gens]).to(device)
-
-
 def _module_device_dtype(module):
     p = next(module.parameters())
     return p.device, p.dtype
@@ -117,7 +113,7 @@ def vae_encode(vae, images: torch.Tensor, generator=None, sample: bool = True) -
     mean = dist.mean.float()
     if sample:
         gens = _generators(generator, images.shape[0])
-        z = mean + dist.std.float() * _randn(gens, tuple(mean.shape[1:]), device)
+        z = mean + dist.std.float() * per_row_noise(gens, tuple(mean.shape[1:]), device)
     else:
         z = mean
     return (z - shift) * scale
@@ -240,7 +236,7 @@ def img2img(
     timesteps = kept_timesteps(scheduler, num_inference_steps, strength, device=device)
     n_steps = 0
     if len(timesteps):
-        noise = _randn(gens, tuple(latents.shape[1:]), device)
+        noise = per_row_noise(gens, tuple(latents.shape[1:]), device)
         latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(batch))
         for t in tqdm(timesteps, desc="img2img", disable=not progress):
             model_in = torch.cat([latents, latents]) if do_cfg else latents
@@ -255,7 +251,7 @@ def img2img(
             if "eta" in step_params:
                 step_kwargs["eta"] = eta
             if eta:
-                step_kwargs["variance_noise"] = _randn(gens, tuple(latents.shape[1:]), device)
+                step_kwargs["variance_noise"] = per_row_noise(gens, tuple(latents.shape[1:]), device)
             latents = scheduler.step(pred, t, latents, **step_kwargs).prev_sample
             n_steps += 1
     images = vae_decode(vae, latents)
