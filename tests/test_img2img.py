@@ -11,6 +11,7 @@ from brainrecon.models.registry import build_tiny, load_role
 from brainrecon.reconstruct.img2img import (
     img2img,
     make_generators,
+    random_latents,
     sd_img2img,
     to_pil,
     vae_decode,
@@ -175,6 +176,36 @@ def test_init_is_noised_to_the_first_kept_timestep(sd):
     expected = a_end.sqrt() * (z0.double() + ((1 - a_s) / a_s).sqrt() * noise.double())
     assert len(stub.inputs) == 37
     assert torch.allclose(res.latents.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_init_latents_start_the_same_schedule_as_encoded_images(sd):
+    """Given latents z0 replace VAE encoding only: same noising to t1, same steps, same result."""
+    init = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    kw = dict(num_inference_steps=10, strength=0.6, guidance_scale=3.0, progress=False)
+    ctx, unc = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1)), torch.zeros(1, 77, 32)
+    encoded = img2img(sd.unet, sd.vae, sd.scheduler, init, ctx, unc, generator=[3, 4], sample_init=False, **kw)
+    z0 = vae_encode(sd.vae, init, sample=False)
+    given = img2img(sd.unet, sd.vae, sd.scheduler, None, ctx, unc, generator=[3, 4], init_latents=z0, **kw)
+    assert given.num_steps == encoded.num_steps == 6 and given.timesteps == encoded.timesteps
+    assert torch.allclose(given.latents, encoded.latents, atol=1e-5)
+    # random standard-normal latents: the loop's first draw is the noise to t1, after z0's draw
+    gens = make_generators([5, 6])
+    z = random_latents(sd.vae, 32, gens)
+    ref = torch.stack([torch.randn(tuple(z.shape[1:]), generator=g) for g in make_generators([5, 6])])
+    assert z.shape == (2, 4, 8, 8) and torch.equal(z, ref)
+    stub = StubUNet(lambda x, c: torch.zeros_like(x))
+    res = img2img(stub, sd.vae, sd.scheduler, None, ctx, None, generator=gens, init_latents=z,
+                  num_inference_steps=50, strength=0.75, guidance_scale=1.0, progress=False)
+    again = make_generators([5, 6])
+    z_ref = torch.stack([torch.randn(tuple(z.shape[1:]), generator=g) for g in again])
+    noise = torch.stack([torch.randn(tuple(z.shape[1:]), generator=g) for g in again])
+    alphas = sd.scheduler.alphas_cumprod.double()
+    expected = alphas[0].sqrt() * (z_ref.double() + ((1 - alphas[721]) / alphas[721]).sqrt() * noise.double())
+    assert torch.allclose(res.latents.double(), expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="not both"):
+        img2img(sd.unet, sd.vae, sd.scheduler, init, ctx, unc, generator=[3, 4], init_latents=z0, **kw)
+    with pytest.raises(ValueError, match="init_latents must be"):
+        img2img(sd.unet, sd.vae, sd.scheduler, None, ctx, unc, generator=[3, 4], init_latents=z0[:, :2], **kw)
 
 
 def test_classifier_free_guidance_combination_and_order(sd):

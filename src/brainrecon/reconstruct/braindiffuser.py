@@ -42,8 +42,9 @@ no_vision    yes            stage-1 image   1            vdvae, cliptext
   ``int(strength · steps)`` (37) steps. Because z0 is itself standard normal,
   x_{t1} = sqrt(ᾱ_{t1}) z0 + sqrt(1 − ᾱ_{t1}) ε is exactly N(0, I): this variant *starts the
   37-step schedule from pure Gaussian noise* (it is not a 50-step text/image-to-image
-  generation from t = 999). Implemented by :class:`RandomLatentVAE`, an encoder stand-in
-  passed to the shared loop (no second loop).
+  generation from t = 999). Implemented by passing that z0
+  (:func:`~brainrecon.reconstruct.img2img.random_latents`) as ``init_latents`` to the
+  shared loop (no second loop).
 - ``no_text`` / ``no_vision``: vision-only / text-only guidance, i.e. ``mix_ratio`` 0 / 1 of
   the dual-guided UNet, so the other condition's cross-attention residual is multiplied by 0
   (in the conditional *and* the unconditional branch): the output does not depend on the
@@ -89,7 +90,6 @@ rules, e.g. evaluation, can name it as input) and ``png`` as a ``directory()`` o
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import logging
@@ -97,13 +97,11 @@ import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, ClassVar, Mapping, Sequence
 
 import h5py
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..nsd.layout import LABEL_TABLES
@@ -222,36 +220,6 @@ def decode_stage1(model, latents, seeds: Sequence[int], temperature: float = 1.0
 
 
 # ----------------------------------------------------------------------------- stage 2
-class RandomLatentVAE(nn.Module):
-    """The VAE with its encoder replaced by a random AutoKL latent (variant ``no_vdvae``).
-
-    ``encode(x)`` ignores the pixels of ``x`` (only its shape is used) and returns a
-    "posterior" with mean ``shift_factor`` and std ``1 / scaling_factor``, so the shared
-    loop's ``(sample - shift) · scale`` is exactly a standard-normal scaled latent drawn
-    from each image's generator. ``decode`` is the real VAE's.
-    """
-
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-        self.config = vae.config
-        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
-
-    def encode(self, x):
-        b, _, h, w = x.shape
-        if h % self.factor or w % self.factor:
-            raise ValueError(f"image size {h}x{w} is not a multiple of the VAE factor {self.factor}")
-        shape = (b, int(self.config.latent_channels), h // self.factor, w // self.factor)
-        scale = float(self.config.scaling_factor)
-        shift = float(getattr(self.config, "shift_factor", None) or 0.0)
-        mean = torch.full(shape, shift, device=x.device, dtype=torch.float32)
-        std = torch.full(shape, 1.0 / scale, device=x.device, dtype=torch.float32)
-        return SimpleNamespace(latent_dist=SimpleNamespace(mean=mean, std=std))
-
-    def decode(self, z, *args, **kwargs):
-        return self.vae.decode(z, *args, **kwargs)
-
-
 def context_shapes(parts) -> tuple[tuple[int, int], tuple[int, int]]:
     """((text tokens, dim), (image tokens, dim)) the dual-guided UNet of ``parts`` expects."""
     from ..models.vd import vd_condition_lengths
@@ -268,14 +236,15 @@ def run_stage2(parts, init_images, text_ctx, image_ctx, seeds: Sequence[int], *,
     """Stage 2 for one batch: dual-guided VD img2img via the shared loop.
 
     init_images: with ``init="stage1"``, the upsampled stage-1 images (b, S, S, 3) uint8;
-        with ``init="noise"``, the image side S (int): the init latent is random
-        (:class:`RandomLatentVAE`).
+        with ``init="noise"``, the image side S (int): the init latent is a standard-normal
+        draw from each image's stage-2 generator
+        (:func:`~brainrecon.reconstruct.img2img.random_latents`, passed as ``init_latents``).
     text_ctx (b, 77, D), image_ctx (b, 257, D) float; seeds: one per image (stage-2
     generator ``derive_seed(seed, 2)``); text_weight: dual-guidance ``mix_ratio``;
     uncond: (text, image) unconditional contexts (default CLIP("") / CLIP(grey)).
     Returns (images (b, S, S, 3) uint8, denoising steps run, timesteps).
     """
-    from .img2img import vd_img2img
+    from .img2img import random_latents, vd_img2img
 
     text = torch.as_tensor(np.asarray(text_ctx, dtype=np.float32))
     image = torch.as_tensor(np.asarray(image_ctx, dtype=np.float32))
@@ -290,23 +259,22 @@ def run_stage2(parts, init_images, text_ctx, image_ctx, seeds: Sequence[int], *,
     b = len(seeds)
     if text.shape[0] != b or image.shape[0] != b:
         raise ValueError(f"{b} seeds but contexts of batch {text.shape[0]} (text) and {image.shape[0]} (image)")
+    gens = _generators(seeds, 2)
     if init == "stage1":
         init_arr = np.asarray(init_images)
         if init_arr.shape[0] != b:
             raise ValueError(f"{b} seeds but {init_arr.shape[0]} init images")
-        run_parts = parts
+        init_in, init_lat = torch.from_numpy(init_arr), None
     elif init == "noise":
-        size = int(init_images)
-        init_arr = np.zeros((b, size, size, 3), np.uint8)  # shape only: RandomLatentVAE ignores pixels
-        run_parts = copy.copy(parts)
-        run_parts.vae = RandomLatentVAE(parts.vae)
+        init_in, init_lat = None, random_latents(parts.vae, int(init_images), gens)
     else:
         raise ValueError(f"stage-2 init must be 'stage1' or 'noise', got {init!r}")
     res = vd_img2img(
-        run_parts, torch.from_numpy(init_arr), text, image,
+        parts, init_in, text, image,
         mix_ratio=float(text_weight), uncond=uncond,
-        generator=_generators(seeds, 2), num_inference_steps=int(steps), strength=float(strength),
+        generator=gens, num_inference_steps=int(steps), strength=float(strength),
         guidance_scale=float(guidance_scale), eta=0.0, dtype=dtype, progress=False, sample_init=True,
+        init_latents=init_lat,
     )
     return to_uint8(res.images), int(res.num_steps), list(res.timesteps)
 
@@ -715,7 +683,7 @@ def reconstruct_rois(subject, roi_names: Sequence[str], regression: Mapping[str,
 __all__ = [
     "METHOD", "VARIANTS", "SPACES", "ROI_DEFINITIONS", "Settings", "VariantSpec", "variant_spec",
     "variant_settings", "num_denoising_steps", "subject_code", "derive_seed", "image_seed",
-    "decode_stage1", "upsample", "RandomLatentVAE", "run_stage2", "Reconstruction",
+    "decode_stage1", "upsample", "run_stage2", "Reconstruction",
     "reconstruct", "reconstruct_to_files", "read_prediction_file", "load_models", "reconstruct_subject",
     "roi_label_table", "roi_patterns", "mean_row_norm", "rms_norm_from_moments", "renormalise",
     "reconstruct_rois",

@@ -6,7 +6,8 @@ Brain-Diffuser (Versatile Diffusion, dual text+image context) and Takagi & Nishi
 adapters, :func:`img2img` is the loop:
 
 1. encode the init images with the VAE: z0 = (posterior sample - shift) x ``scaling_factor``
-   (both from ``vae.config``), one noise draw per image from that image's generator;
+   (both from ``vae.config``), one noise draw per image from that image's generator — or,
+   with ``init_latents``, take z0 as given (no encoding, no posterior draw);
 2. ``scheduler.set_timesteps(num_inference_steps)`` and keep the last
    ``int(strength * num_inference_steps)`` timesteps — the reference truncation
    (strength 0.75 of 50 -> 37 steps, 0.8 of 50 -> 40);
@@ -15,6 +16,13 @@ adapters, :func:`img2img` is the loop:
    eps = eps_u + guidance_scale (eps_c - eps_u), DDIM step (eta; with eta > 0 the step
    noise is drawn per image from its generator);
 5. decode with the VAE -> images in [0, 1].
+
+Starting from given latents (``init_latents``): steps 2-5 are unchanged, so z0 is noised to
+the first kept timestep t1 as an encoded image would be, x_t1 = sqrt(ᾱ_t1) z0 + sqrt(1 - ᾱ_t1) ε,
+and then denoised for the same ``int(strength * num_inference_steps)`` steps. With standard-normal
+z0 (:func:`random_latents`, drawn from the images' own generators before the loop) x_t1 is exactly
+N(0, I) at any strength: a start from pure Gaussian noise (Brain-Diffuser's ``no_vdvae``, Takagi's
+``c``). The loop's first draw from generator i is then ε (the posterior draw is skipped).
 
 Determinism: every random draw of image i comes from generator i (CPU generators by
 default, so results do not depend on the device's RNG), so a batch gives the same images
@@ -85,6 +93,28 @@ def _generators(generator, batch: int) -> list[torch.Generator]:
     if len(gens) != batch:
         raise ValueError(f"got {len(gens)} generators/seeds for {batch} images; give one per image")
     return gens
+
+
+def vae_factor(vae) -> int:
+    """Spatial downsampling factor of a diffusers AutoencoderKL (8 for SD / VD, 4 for the tiny VAE)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def random_latents(vae, image_size: int, generator) -> torch.Tensor:
+    """Standard-normal scaled latents (B, C, S/f, S/f) float32 for images of side ``image_size``.
+
+    Row i is one draw from ``generator[i]`` (one generator or seed per image; B = their number),
+    C = ``vae.config.latent_channels``, f = :func:`vae_factor`. Passed as ``init_latents`` to
+    :func:`img2img` with the same ``torch.Generator`` objects (now advanced by this draw; int
+    seeds would restart them and the init noise would repeat z0), this is the "random AutoKL
+    latent" start.
+    """
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    gens = _generators(gens, len(gens))
+    size, f = int(image_size), vae_factor(vae)
+    if size % f:
+        raise ValueError(f"image size {size} is not a multiple of the VAE factor {f}")
+    return per_row_noise(gens, (int(vae.config.latent_channels), size // f, size // f))
 
 
 def _module_device_dtype(module):
@@ -186,11 +216,13 @@ def img2img(
     unet_kwargs: dict | None = None,
     extra_latent_channels: torch.Tensor | None = None,
     sample_init: bool = True,
+    init_latents: torch.Tensor | None = None,
 ) -> Img2ImgResult:
     """DDIM img2img with classifier-free guidance (see the module docstring).
 
     unet, vae, scheduler: diffusers components (scheduler: DDIM; it is reset here).
-    init_images: (B, 3, H, W) float in [-1, 1], or PIL image(s) / uint8 arrays.
+    init_images: (B, 3, H, W) float in [-1, 1], or PIL image(s) / uint8 arrays; ``None`` with
+        ``init_latents``.
     cond, uncond: ``encoder_hidden_states`` (B or 1, tokens, dim) or dicts of per-sample UNet
         inputs with that key (batch B or 1, broadcast). ``uncond`` is needed when
         ``guidance_scale > 1``; it is stacked before ``cond`` in one UNet call per step.
@@ -204,11 +236,27 @@ def img2img(
     extra_latent_channels: (B or 1, c, h, w) concatenated to the latents on the channel axis
         before each UNet call (e.g. the depth map of SD2-depth).
     sample_init: VAE posterior sample (True) or mean (False) for the init latents.
+    init_latents: (B, C, h, w) scaled latents (the space of :func:`vae_encode`) to start from
+        instead of encoding ``init_images`` (then ``None``); they are noised to the first kept
+        timestep exactly as encoded images (module docstring), no posterior draw is made.
     """
     device, unet_dtype = _module_device_dtype(unet)
     dtype = dtype or unet_dtype
-    x = init_to_tensor(init_images)
-    batch = x.shape[0]
+    if init_latents is not None:
+        if init_images is not None:
+            raise ValueError("give init_images or init_latents, not both")
+        z0 = torch.as_tensor(init_latents).detach().float()
+        channels = int(vae.config.latent_channels)
+        if z0.ndim != 4 or z0.shape[1] != channels:
+            raise ValueError(f"init_latents must be (B, {channels}, h, w), got shape {tuple(z0.shape)}")
+        if not torch.isfinite(z0).all():
+            raise ValueError("init_latents contain NaN or inf")
+        batch = z0.shape[0]
+    else:
+        if init_images is None:
+            raise ValueError("img2img needs init_images or init_latents")
+        x = init_to_tensor(init_images)
+        batch = x.shape[0]
     gens = _generators(generator, batch)
     do_cfg = guidance_scale > 1.0
 
@@ -232,7 +280,10 @@ def img2img(
     if eta and "eta" not in step_params:
         raise ValueError(f"{type(scheduler).__name__}.step has no eta")
 
-    latents = vae_encode(vae, x, gens, sample=sample_init)
+    if init_latents is not None:
+        latents = z0.to(device)
+    else:
+        latents = vae_encode(vae, x, gens, sample=sample_init)
     timesteps = kept_timesteps(scheduler, num_inference_steps, strength, device=device)
     n_steps = 0
     if len(timesteps):

@@ -41,9 +41,10 @@ empty prompt (the unconditional context, so guidance is moot and the conditional
 and *c only* as generation from pure Gaussian noise over the full DDIM grid (all ``steps`` steps,
 i.e. text-to-image) conditioned on the predicted c. The decoded image X_z itself (the paper's
 "coarse decoded image" before diffusion) is stored as ``stage1`` in every variant that uses z.
-Pure-noise init reuses the shared loop with Brain-Diffuser's
-:class:`~brainrecon.reconstruct.braindiffuser.RandomLatentVAE` (standard-normal "encoded" latent,
-so the latent noised to the first timestep of a strength-1 schedule is exactly N(0, I)).
+Pure-noise init reuses the shared loop with a standard-normal start latent
+(:func:`~brainrecon.reconstruct.img2img.random_latents` as ``init_latents``, drawn from each
+sample's generator), so the latent noised to the first timestep of a strength-1 schedule is
+exactly N(0, I).
 
 +T (:func:`decode_captions`): BLIP's text decoder generates from the predicted visual tokens
 (cross-attention keys/values), beam search with ``num_beams`` 3, ``max_length`` 20, ``min_length`` 5
@@ -74,7 +75,6 @@ from its recorded seed is identical. Outputs (:func:`reconstruct_to_files`): ``i
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -124,11 +124,6 @@ def _finite(x: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(x).all():
         raise ValueError(f"{what} contain NaN or inf")
     return x
-
-
-def vae_factor(vae) -> int:
-    """Spatial downsampling factor of a diffusers AutoencoderKL (8 for SD, 4 for the tiny VAE)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 # ----------------------------------------------------------------------------- X_z
@@ -388,8 +383,7 @@ def run_img2img(parts, spec: VariantSpec, settings: Settings, init_images, text_
     uncond: the empty-prompt context (computed if None). Returns (images (b, S, S, 3) uint8,
     steps run, timesteps).
     """
-    from .braindiffuser import RandomLatentVAE
-    from .img2img import sd_img2img
+    from .img2img import random_latents, sd_img2img, vae_factor
 
     b = len(seeds)
     init = np.asarray(init_images)
@@ -399,11 +393,11 @@ def run_img2img(parts, spec: VariantSpec, settings: Settings, init_images, text_
     dim = int(parts.unet.config.cross_attention_dim)
     if text.ndim != 3 or text.shape[-1] != dim:
         raise ValueError(f"text contexts must be (b, tokens, {dim}) for this UNet, got {tuple(text.shape)}")
-    run_parts = parts
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    init_in, init_lat = torch.from_numpy(np.ascontiguousarray(init)), None
     strength = settings.strength
-    if spec.init == "noise":
-        run_parts = copy.copy(parts)
-        run_parts.vae = RandomLatentVAE(parts.vae)
+    if spec.init == "noise":  # standard-normal z0 noised at t = first of the full grid: N(0, I)
+        init_in, init_lat = None, random_latents(parts.vae, init.shape[1], gens)
         strength = 1.0
     extra = None
     in_ch = int(parts.unet.config.in_channels)
@@ -424,12 +418,11 @@ def run_img2img(parts, spec: VariantSpec, settings: Settings, init_images, text_
         guidance = 1.0  # conditional context == unconditional context: CFG is the identity
     if uncond is None and guidance > 1.0:
         uncond = _empty_context(parts)
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     res = sd_img2img(
-        run_parts, torch.from_numpy(np.ascontiguousarray(init)), text, uncond=uncond,
+        parts, init_in, text, uncond=uncond,
         generator=gens, num_inference_steps=int(settings.steps), strength=float(strength),
         guidance_scale=float(guidance), eta=float(settings.eta), dtype=dtype, progress=False,
-        extra_latent_channels=extra, sample_init=True,
+        extra_latent_channels=extra, sample_init=True, init_latents=init_lat,
     )
     return to_uint8(res.images), int(res.num_steps), list(res.timesteps)
 
