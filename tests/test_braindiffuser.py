@@ -104,6 +104,8 @@ def test_stage1_is_deterministic_per_seed_and_independent_of_batch(vdvae, preds)
     # other batch composition: reordered subset
     b = bd.decode_stage1(vdvae, lat[[2, 0]], [303, 101])
     assert np.array_equal(b[0], a[2]) and np.array_equal(b[1], a[0])
+    # decoding one image per call gives the batched result
+    assert np.array_equal(bd.decode_stage1(vdvae, lat, seeds, batch_size=1), a)
     # the seed matters (prior samples of the layers without a prediction, DMoL sampling) ...
     c = bd.decode_stage1(vdvae, lat[:1], [999])
     assert np.abs(c[0].astype(int) - a[0]).mean() > 1

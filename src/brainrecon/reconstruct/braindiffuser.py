@@ -57,9 +57,9 @@ the ROI name in place of the nsdId). Stage 1 draws from ``Generator(derive_seed(
 and stage 2 from ``Generator(derive_seed(s, 2))`` (CPU generators, one per image), so an
 image does not depend on the batch it is computed in, on the other images, or on the
 device's RNG, and the same image gets the same noise in every variant (paired ablations).
-Stage 1 decodes image by image (the VDVAE decoder draws its prior noise from one generator
-per call), stage 2 in batches of ``batch_size`` (identical up to floating-point
-reassociation of batched kernels).
+Both stages run in batches (stage 1 with one VDVAE generator per row, stage 2 in batches of
+``batch_size``), identical to running each image alone up to floating-point reassociation
+of batched kernels.
 
 Precision: VDVAE always runs float32 (125 M parameters, cheap next to stage 2). The
 VD models run in the job's ``dtype`` (float16 / bfloat16 on a GPU, float32 on CPU); the
@@ -196,12 +196,14 @@ def vdvae_num_layers(model, dims: int) -> int:
 
 @torch.no_grad()
 def decode_stage1(model, latents, seeds: Sequence[int], temperature: float = 1.0,
-                  num_layers: int | None = None, progress: bool = False) -> np.ndarray:
+                  num_layers: int | None = None, progress: bool = False, batch_size: int = 16) -> np.ndarray:
     """Stage 1: VDVAE images (n, 64, 64, 3) uint8 from predicted latents (n, D).
 
-    Image i is decoded alone with ``Generator(derive_seed(seeds[i], 1))``: the first
+    Image i draws from its own ``Generator(derive_seed(seeds[i], 1))``: the first
     ``num_layers`` blocks (default: inferred from D) take the given z, the other blocks
-    draw from the prior at ``temperature``, the output is a DMoL sample.
+    draw from the prior at ``temperature``, the output is a DMoL sample. Decoded
+    ``batch_size`` images per call with one generator per row, so image i is what it would
+    be decoded alone (:meth:`VDVAE.decode_from_latents`), whatever the batch.
     """
     from ..models.vdvae import unflatten_latents
 
@@ -210,12 +212,16 @@ def decode_stage1(model, latents, seeds: Sequence[int], temperature: float = 1.0
         raise ValueError(f"VDVAE latents must be (n, D) with n = {len(seeds)} seeds, got shape {lat.shape}")
     if not np.isfinite(lat).all():
         raise ValueError("predicted VDVAE latents contain NaN or inf")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     k = vdvae_num_layers(model, lat.shape[1]) if num_layers is None else int(num_layers)
     out = np.empty((lat.shape[0], model.config.image_size, model.config.image_size, 3), np.uint8)
     gens = _generators(seeds, 1)
-    for i in tqdm(range(lat.shape[0]), desc="stage 1 (VDVAE)", disable=not progress, leave=False):
-        z = unflatten_latents(torch.from_numpy(lat[i:i + 1]), model.config, k)
-        out[i] = model.decode_from_latents(z, temperature=float(temperature), generator=gens[i])[0]
+    bs = int(batch_size)
+    for i0 in tqdm(range(0, lat.shape[0], bs), desc="stage 1 (VDVAE)", disable=not progress, leave=False):
+        i1 = min(i0 + bs, lat.shape[0])
+        z = unflatten_latents(torch.from_numpy(lat[i0:i1]), model.config, k)
+        out[i0:i1] = model.decode_from_latents(z, temperature=float(temperature), generator=gens[i0:i1])
     return out
 
 
