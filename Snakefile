@@ -31,6 +31,7 @@ include: "workflow/rules/reconstruct.smk"
 include: "workflow/rules/takagi.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/encoding.smk"
 
 
 rule all:
@@ -42,6 +43,7 @@ rule all:
         takagi_targets(),
         evaluate_targets(),
         report_targets(),
+        encoding_targets(),
 
 
 rule raw_all:

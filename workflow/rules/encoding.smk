@@ -1,0 +1,236 @@
+# Voxelwise encoding models (Takagi & Nishimoto CVPR 2023, "Encoding"; brainrecon.encoding.stage): per
+# voxel set × feature space × subject, PCA of the features (fit on the training images) -> ridge with CV
+# alphas -> Pearson r on the repetition-averaged test betas, one-sided Gaussian-null p, BH-FDR; r and
+# significance NIfTI maps in func1pt8mm, per-ROI tables; then one ROI CSV per voxel set, slice mosaics
+# over the mean EPI and r-by-ROI figures for the report.
+#
+# Feature spaces: z = sdz and c = sdc (rule features), zc_s<strength> and unet_<block>_t<step>
+# (brainrecon.features.encoding_spaces; rule encoding_features below writes them with the features
+# stage's writer, reading the images and the subject's sdc file: c conditions the img2img).
+# Outputs: results/encoding/{voxels}/{space}/subj{subject}{.h5,_r.nii.gz,_sig.nii.gz,_rois.csv,_mosaic.png},
+# results/encoding/{voxels}/roi_summary.csv, results/encoding/{voxels}/figures/r_by_roi_{figure}.png.
+import re as _re
+
+from brainrecon.features import SPACES as _FEATURE_SPACES
+from brainrecon.features.encoding_spaces import (
+    ENCODING_SPACE_RE,
+    encoding_feature_options,
+    encoding_figure_names,
+    encoding_space_names,
+)
+
+ENC_OUT = "results/encoding"
+ENC_FIGURES_ALL = ("spaces", "noise_levels", "unet_steps", "unet_layers")
+
+
+def enc_config():
+    return config["encoding"]
+
+
+ENC_SPACES = encoding_space_names(enc_config(), known=list(_FEATURE_SPACES))
+ENC_FIGURES = encoding_figure_names(ENC_SPACES)
+# {space} of the encoding outputs: a registered feature space or an encoding-only name
+ENC_SPACE_WC = "|".join([_re.escape(s) for s in _FEATURE_SPACES] + [ENCODING_SPACE_RE])
+
+
+def enc_backend():
+    """Ridge/PCA backend: encoding.backend, or regression.backend when null."""
+    return enc_config()["backend"] or config["regression"]["backend"]
+
+
+def enc_fit_settings():
+    """Every setting that changes the statistics of a map (a params value: changing one reruns the fits)."""
+    e = enc_config()
+    return {
+        "n_components": e["n_components"],
+        "alphas": list(e["alphas"]),
+        "cv": e["cv"],
+        "backend": enc_backend(),
+        "train_on": e["train_on"],
+        "standardize_X": e["standardize_X"],
+        "q": e["q"],
+        "target_batch": e["target_batch"],
+        "roi_files": list(e["roi_files"]),
+    }
+
+
+def enc_model_dtype():
+    """Compute dtype of the img2img jobs: float32 on CPU, else models.dtype."""
+    return (
+        "float32" if config["models"]["device"] == "cpu" else config["models"]["dtype"]
+    )
+
+
+def encoding_targets():
+    """Every encoding output: per voxel set, the maps/tables/mosaics of every space × subject,
+    the ROI summary and the r-by-ROI figures."""
+    e = enc_config()
+    if not e["enabled"] or not ENC_SPACES:
+        return []
+    out = []
+    for v in e["voxels"]:
+        out += expand(
+            f"{ENC_OUT}/{v}/{{space}}/subj{{subject}}{{suffix}}",
+            space=ENC_SPACES,
+            subject=SUBJECTS,
+            suffix=[".h5", "_r.nii.gz", "_sig.nii.gz", "_rois.csv", "_mosaic.png"],
+        )
+        out.append(f"{ENC_OUT}/{v}/roi_summary.csv")
+        out += [f"{ENC_OUT}/{v}/figures/r_by_roi_{f}.png" for f in ENC_FIGURES]
+    return out
+
+
+rule encoding_all:
+    input:
+        encoding_targets(),
+
+
+# zc_s<strength> / unet_<block>_t<step>: img2img of the image's z conditioned on its c (the sdc row).
+# Params that change the features are functions of wildcards (tracked); batch_size and device are
+# functions of `output` (not rerun triggers: features do not depend on batching).
+rule encoding_features:
+    input:
+        stimuli="results/prepared/stimuli/subj{subject}.csv",
+        brick=nsd_path(layout.stimuli_key()),
+        model=model_dir("sd"),
+        c="results/features/sdc/subj{subject}.h5",
+    output:
+        "results/features/{space}/subj{subject}.h5",
+    log:
+        "logs/features/{space}/subj{subject}.log",
+    benchmark:
+        "benchmarks/features/{space}/subj{subject}.tsv"
+    wildcard_constraints:
+        space=ENCODING_SPACE_RE,
+    conda:
+        "../../envs/base.yaml"
+    threads: 4
+    resources:
+        gpu=lambda wildcards: 0 if config["models"]["device"] == "cpu" else 1,
+        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
+    params:
+        space="{space}",
+        options=lambda wildcards: encoding_feature_options(
+            wildcards.space, enc_config()
+        ),
+        dtype=lambda wildcards: enc_model_dtype(),
+        model_source=config["models"]["source"],
+        batch_size=lambda wildcards, output: enc_config()["img2img"]["batch_size"],
+        device=lambda wildcards, output: config["models"]["device"],
+    script:
+        "../scripts/encoding_features.py"
+
+
+rule encoding_fit:
+    input:
+        prepared="results/prepared/{voxels}/subj{subject}.h5",
+        features="results/features/{space}/subj{subject}.h5",
+    output:
+        h5=f"{ENC_OUT}/{{voxels}}/{{space}}/subj{{subject}}.h5",
+        r=f"{ENC_OUT}/{{voxels}}/{{space}}/subj{{subject}}_r.nii.gz",
+        sig=f"{ENC_OUT}/{{voxels}}/{{space}}/subj{{subject}}_sig.nii.gz",
+        rois=f"{ENC_OUT}/{{voxels}}/{{space}}/subj{{subject}}_rois.csv",
+    log:
+        f"logs/encoding/{{voxels}}/{{space}}/subj{{subject}}.log",
+    benchmark:
+        f"benchmarks/encoding/{{voxels}}/{{space}}/subj{{subject}}.tsv"
+    wildcard_constraints:
+        space=ENC_SPACE_WC,
+    conda:
+        "../../envs/base.yaml"
+    threads: 4
+    resources:
+        gpu=lambda wildcards: int(enc_backend() == "torch_cuda"),
+        mem_mb=lambda wildcards, attempt: 32000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
+    params:
+        space="{space}",
+        subject="{subject}",
+        settings=lambda wildcards: enc_fit_settings(),
+    script:
+        "../scripts/encoding_fit.py"
+
+
+# One job per subject and voxel set draws every space's map (one shared colour range).
+rule encoding_mosaics:
+    input:
+        stats=expand(
+            f"{ENC_OUT}/{{{{voxels}}}}/{{space}}/subj{{{{subject}}}}.h5",
+            space=ENC_SPACES,
+        ),
+        mean_epi=lambda wildcards: nsd_path(
+            layout.anatomy_key(int(wildcards.subject), "mean")
+        ),
+    output:
+        [
+            report(
+                f"{ENC_OUT}/{{voxels}}/{space}/subj{{subject}}_mosaic.png",
+                caption="../report/encoding_mosaic.rst",
+                category="Encoding",
+                subcategory="Maps ({voxels} voxels)",
+                labels={"subject": "{subject}", "space": space},
+            )
+            for space in ENC_SPACES
+        ],
+    log:
+        f"logs/encoding/{{voxels}}/mosaics_subj{{subject}}.log",
+    conda:
+        "../../envs/base.yaml"
+    params:
+        spaces=ENC_SPACES,
+        q=lambda wildcards: enc_config()["q"],
+    script:
+        "../scripts/encoding_mosaics.py"
+
+
+rule encoding_summary:
+    input:
+        expand(
+            f"{ENC_OUT}/{{{{voxels}}}}/{{space}}/subj{{subject}}_rois.csv",
+            space=ENC_SPACES,
+            subject=SUBJECTS,
+        ),
+    output:
+        report(
+            f"{ENC_OUT}/{{voxels}}/roi_summary.csv",
+            caption="../report/encoding_table.rst",
+            category="Encoding",
+            subcategory="ROI tables",
+            labels={"voxels": "{voxels}"},
+        ),
+    log:
+        f"logs/encoding/{{voxels}}/roi_summary.log",
+    localrule: True
+    conda:
+        "../../envs/base.yaml"
+    params:
+        spaces=ENC_SPACES,
+    script:
+        "../scripts/encoding_summary.py"
+
+
+rule encoding_figure:
+    input:
+        f"{ENC_OUT}/{{voxels}}/roi_summary.csv",
+    output:
+        report(
+            f"{ENC_OUT}/{{voxels}}/figures/r_by_roi_{{figure}}.png",
+            caption="../report/encoding_roi.rst",
+            category="Encoding",
+            subcategory="Accuracy by ROI ({voxels} voxels)",
+            labels={"figure": "{figure}"},
+        ),
+    log:
+        f"logs/encoding/{{voxels}}/figure_{{figure}}.log",
+    wildcard_constraints:
+        figure="|".join(ENC_FIGURES_ALL),
+    localrule: True
+    conda:
+        "../../envs/base.yaml"
+    params:
+        figure="{figure}",
+        roi_file=lambda wildcards: enc_config()["figure_roi_file"],
+        q=lambda wildcards: enc_config()["q"],
+    script:
+        "../scripts/encoding_figure.py"
