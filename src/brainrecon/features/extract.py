@@ -187,9 +187,9 @@ def extract_features(
     import torch
     from tqdm.auto import tqdm
 
+    from .._imports import resolve_ref
     from ..models import load_model, resolve_device, resolve_dtype
     from ..nsd.readers import ImageBrick
-    from .spaces import _resolve_ref
 
     spec = get_space(space)
     opts = spec.resolve_options(space_opts)
@@ -217,7 +217,7 @@ def extract_features(
     dev = resolve_device(device)
     dt = torch.float32 if spec.dtype == "float32" else resolve_dtype(spec.dtype or dtype, dev)
     parts = load_model(spec.role, model_folder, device=dev, dtype=dt, components=spec.components)
-    extractor = _resolve_ref(spec.setup)(parts, **opts)
+    extractor = resolve_ref(spec.setup)(parts, **opts)
     settings = dict(getattr(extractor, "settings", {}))
     source = model_source or parts.source
     n_total = sum(len(index[s]) for s in SPLITS)

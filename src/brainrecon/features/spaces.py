@@ -146,16 +146,5 @@ register_space(FeatureSpace(
 ))
 
 
-def _resolve_ref(ref: str):
-    """Import ``"module:function"``."""
-    import importlib
-
-    module, _, attr = ref.partition(":")
-    obj = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 # spaces defined in their own modules register themselves on import (Takagi +T/+D: blip, dpt; torch-free)
 from . import takagi  # noqa: E402,F401

@@ -42,7 +42,6 @@ an alias of it) and :func:`brainrecon.models.prepare_model` (:func:`prepare_role
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
@@ -53,6 +52,7 @@ from types import SimpleNamespace
 
 import torch
 
+from .._imports import resolve_ref
 from ..io import atomic_dir
 from . import SOURCES, resolve_device, resolve_dtype
 from .vdvae_role import VDVAE_URL
@@ -247,14 +247,6 @@ def get_role(role: str) -> RoleSpec:
         raise KeyError(f"unknown model role {role!r}; known roles: {sorted(ROLES)}") from None
 
 
-def _resolve(ref: str):
-    module, _, attr = ref.partition(":")
-    obj = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _folder(root: Path, spec: ComponentSpec) -> Path:
     return root / spec.subfolder if spec.subfolder else root
 
@@ -339,7 +331,7 @@ def fetch_model(role: str, dest, revision: str | None = None, token: str | None 
         if token is not None:
             options["token"] = token
         with atomic_dir(dest) as tmp:
-            _resolve(spec.fetch)(tmp, revision, **options)
+            resolve_ref(spec.fetch)(tmp, revision, **options)
         return dest
     if options:
         raise TypeError(f"unexpected download option(s) for role {role!r}: {sorted(options)}")
@@ -401,11 +393,11 @@ def build_tiny(role: str, dest, seed: int = 0) -> Path:
     if spec.write_tiny:
         dest = Path(dest)
         with atomic_dir(dest) as tmp:
-            _resolve(spec.write_tiny)(tmp, seed)
+            resolve_ref(spec.write_tiny)(tmp, seed)
         return dest
     if not spec.build_tiny:
         raise ValueError(f"role {role!r} has no tiny stand-in")
-    parts = _resolve(spec.build_tiny)(seed)
+    parts = resolve_ref(spec.build_tiny)(seed)
     return save_components(role, parts, dest)
 
 
@@ -437,7 +429,7 @@ def _tiny_folder(role: str, seed: int) -> Path:
 
 
 def _load_component(comp: ComponentSpec, where: str, local: bool, dtype, revision):
-    cls = _resolve(comp.load_class)
+    cls = resolve_ref(comp.load_class)
     kwargs = {}
     if comp.subfolder:
         kwargs["subfolder"] = comp.subfolder
@@ -532,7 +524,7 @@ def load_role(
         where, local = spec.repo_id, False
 
     if spec.load:
-        loaded = _resolve(spec.load)(Path(where), device, dtype, **options)
+        loaded = resolve_ref(spec.load)(Path(where), device, dtype, **options)
         return Components(role=role, source=source, path=where, component_names=names, **loaded)
 
     whole = components is None
@@ -551,7 +543,7 @@ def load_role(
             obj.requires_grad_(False)
         setattr(parts, comp.name, obj)
     if whole and postprocess and spec.postprocess:
-        parts = _resolve(spec.postprocess)(parts, **options)
+        parts = resolve_ref(spec.postprocess)(parts, **options)
     return parts
 
 
@@ -559,7 +551,7 @@ def folder_source(role: str, folder) -> str | None:
     """What ``folder`` of ``role`` holds ("tiny" / "pretrained") if the role can tell (its ``folder_source``
     hook), else ``None``."""
     spec = get_role(role)
-    return _resolve(spec.folder_source)(Path(folder)) if spec.folder_source else None
+    return resolve_ref(spec.folder_source)(Path(folder)) if spec.folder_source else None
 
 
 def load_model(role: str, folder, device="cpu", dtype="float32", **options) -> Components:
