@@ -120,16 +120,26 @@ def setup_clipvision(parts):
     return extract
 
 
+def caption_extractor(parts, encode, max_captions: int, **settings):
+    """Extractor of a caption space: each image's first ``max_captions`` captions encoded with
+    ``encode(captions, text_encoder, tokenizer, batch_size=...)`` -> (L, D) each, mean over them.
+
+    ``settings`` are recorded with ``max_captions`` and the reduction.
+    """
+    n = int(max_captions)
+
+    def extract(nsd_ids, images, captions) -> np.ndarray:
+        enc = lambda c: encode(c, parts.text_encoder, parts.tokenizer, batch_size=max(1, len(c)))  # noqa: E731
+        return _np(_mean_over_captions(enc, captions, n))
+
+    extract.settings = {"max_captions": n, "reduce": "mean over captions", **settings}
+    return extract
+
+
 def setup_cliptext(parts, max_captions: int = 5):
     from ..models.vd import encode_vd_text
 
-    def extract(nsd_ids, images, captions) -> np.ndarray:
-        enc = lambda c: encode_vd_text(c, parts.text_encoder, parts.tokenizer, batch_size=max(1, len(c)))  # noqa: E731
-        return _np(_mean_over_captions(enc, captions, int(max_captions)))
-
-    extract.settings = {"max_captions": int(max_captions), "reduce": "mean over captions",
-                        "normalisation": "tokens / ||text_embeds||"}
-    return extract
+    return caption_extractor(parts, encode_vd_text, max_captions, normalisation="tokens / ||text_embeds||")
 
 
 # ----------------------------------------------------------------------------- Stable Diffusion (Takagi)
@@ -166,10 +176,4 @@ def setup_sdz(parts, sdz_size: int = 320):
 def setup_sdc(parts, max_captions: int = 5):
     from ..models.sd import encode_sd_text
 
-    def extract(nsd_ids, images, captions) -> np.ndarray:
-        enc = lambda c: encode_sd_text(c, parts.text_encoder, parts.tokenizer, batch_size=max(1, len(c)))  # noqa: E731
-        return _np(_mean_over_captions(enc, captions, int(max_captions)))
-
-    extract.settings = {"max_captions": int(max_captions), "reduce": "mean over captions",
-                        "output": "last_hidden_state"}
-    return extract
+    return caption_extractor(parts, encode_sd_text, max_captions, output="last_hidden_state")
