@@ -46,15 +46,21 @@ from ..io import atomic_dir, atomic_path
 from ..report.targets import exclusion_tag
 from .metrics import (
     SSIM_KWARGS,
-    as_uint8_images,
     corr_matrix,
     identification_from_mean_corr,
     nway_top1,
     resize_images,
     two_way_from_corr,
 )
-from .nets import CONVENTIONS, NET_NAMES, SWAV_URL, TORCHVISION_NETS, _TV_WEIGHTS, build_eval_net, extract_features
-from .suite import BRAINDIFFUSER_COLUMNS, TAKAGI_COLUMNS, metric_spec, metrics_table, required_nets
+from .nets import NET_NAMES, SWAV_URL, TORCHVISION_NETS, _TV_WEIGHTS, build_eval_net, extract_features
+from .suite import (
+    BRAINDIFFUSER_COLUMNS,
+    TAKAGI_COLUMNS,
+    check_eval_inputs,
+    metric_spec,
+    metrics_table,
+    required_nets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -494,28 +500,9 @@ def compute_scores(gt, recon, nets: dict, metrics=None, convention: str = "brain
     autocast to ``dtype`` on CUDA; CPU always float32); correlations are float64.
     nsd_ids only name images in error messages.
     """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown preprocessing convention {convention!r}; known: {', '.join(CONVENTIONS)}")
-    gt = as_uint8_images(gt, "gt", ndim=4)
-    rec_ndim = np.ndim(recon)
-    if rec_ndim not in (4, 5):
-        raise ValueError(f"recon: expected (N, h, w, 3) or (N, S, h, w, 3), got shape {np.shape(recon)}")
-    recon = as_uint8_images(recon, "recon", ndim=rec_ndim)
-    with_samples = rec_ndim == 5
-    if not with_samples:
-        recon = recon[:, None]
+    gt, recon, _, metrics, specs = check_eval_inputs(gt, recon, nets, metrics, convention, nway_net,
+                                                     lambda with_samples: resolve_metrics(None, with_samples))
     n, s = recon.shape[:2]
-    if n != gt.shape[0]:
-        raise ValueError(f"gt has N = {gt.shape[0]} images but recon has N = {n}; they must pair one to one")
-    if n < 2:
-        raise ValueError("evaluation needs at least 2 test images (identification compares images)")
-    metrics = resolve_metrics(None, with_samples) if metrics is None else list(metrics)
-    if len(set(metrics)) != len(metrics):
-        raise ValueError(f"duplicate metrics in {metrics}")
-    specs = [metric_spec(m, nway_net) for m in metrics]
-    missing = sorted({sp.net for sp in specs if sp.net is not None and sp.net not in nets})
-    if missing:
-        raise ValueError(f"nets: metrics {metrics} need nets that were not given: {missing}")
     dev = _resolve_device(device)
     bank = ScoreBank(metrics, n, s, convention, nway_net, nway_trials, seed)
 

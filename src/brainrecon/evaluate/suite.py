@@ -55,6 +55,7 @@ __all__ = [
     "NWAY_LAYERS",
     "metric_spec",
     "default_metrics",
+    "check_eval_inputs",
     "required_nets",
     "evaluate_all",
     "metrics_table",
@@ -125,6 +126,41 @@ def required_nets(metrics, nway_net: str = "inception_v3") -> list[str]:
     return [n for n in NET_NAMES if n in nets]
 
 
+def check_eval_inputs(gt, recon, nets: dict, metrics, convention: str, nway_net: str, default_metrics):
+    """Validate one evaluation's inputs (shared by :func:`evaluate_all` and
+    :func:`~brainrecon.evaluate.stage.compute_scores`).
+
+    gt: uint8 (N, H, W, 3); recon: uint8 (N, h, w, 3) or (N, S, h, w, 3), row i = image i;
+    N >= 2. metrics: column names, or ``None`` for ``default_metrics(with_samples)``; no
+    duplicates; every net they need must be a key of ``nets``.
+    Returns (gt, recon as (N, S, h, w, 3), with_samples, metrics list, their :class:`MetricSpec`).
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown preprocessing convention {convention!r}; known: {', '.join(CONVENTIONS)}")
+    gt = as_uint8_images(gt, "gt", ndim=4)
+    rec_ndim = np.ndim(recon)
+    if rec_ndim not in (4, 5):
+        raise ValueError(f"recon: expected (N, h, w, 3) or (N, S, h, w, 3), got shape {np.shape(recon)}")
+    with_samples = rec_ndim == 5
+    recon = as_uint8_images(recon, "recon", ndim=rec_ndim)
+    if not with_samples:
+        recon = recon[:, None]
+    n = recon.shape[0]
+    if n != gt.shape[0]:
+        raise ValueError(f"gt has N = {gt.shape[0]} images but recon has N = {n}; they must pair one to one")
+    if n < 2:
+        raise ValueError("evaluation needs at least 2 test images (identification compares images)")
+    metrics = default_metrics(with_samples) if metrics is None else list(metrics)
+    if len(set(metrics)) != len(metrics):
+        raise ValueError(f"duplicate metrics in {metrics}")
+    specs = [metric_spec(m, nway_net) for m in metrics]
+    missing = [sp for sp in specs if sp.net is not None and sp.net not in nets]
+    if missing:
+        raise ValueError(f"nets: metrics need nets that were not given: {sorted({sp.net for sp in missing})} "
+                         f"(for {[sp.column for sp in missing]})")
+    return gt, recon, with_samples, metrics, specs
+
+
 def evaluate_all(
     gt,
     recon,
@@ -148,32 +184,12 @@ def evaluate_all(
     Returns ``{"convention", "n_images", "n_samples", <metric columns in the order asked>}``.
     Features are computed once per net (all its layers in one pass) and freed after use.
     """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown preprocessing convention {convention!r}; known: {', '.join(CONVENTIONS)}")
-    gt = as_uint8_images(gt, "gt", ndim=4)
-    rec_ndim = np.ndim(recon)
-    if rec_ndim not in (4, 5):
-        raise ValueError(f"recon: expected (N, h, w, 3) or (N, S, h, w, 3), got shape {np.shape(recon)}")
-    with_samples = rec_ndim == 5
-    recon = as_uint8_images(recon, "recon", ndim=rec_ndim)
-    if not with_samples:
-        recon = recon[:, None]
+    gt, recon, _, metrics, specs = check_eval_inputs(gt, recon, nets, metrics, convention, nway_net,
+                                                     default_metrics)
     n, s = recon.shape[:2]
-    if n != gt.shape[0]:
-        raise ValueError(f"gt has N = {gt.shape[0]} images but recon has N = {n}; they must pair one to one")
-    if n < 2:
-        raise ValueError("evaluation needs at least 2 test images (identification compares images)")
-
-    metrics = default_metrics(with_samples) if metrics is None else list(metrics)
-    if len(set(metrics)) != len(metrics):
-        raise ValueError(f"duplicate metrics in {metrics}")
-    specs = [metric_spec(m, nway_net) for m in metrics]
     unknown_nets = set(nets) - set(NET_NAMES)
     if unknown_nets:
         raise ValueError(f"nets: unknown net names {sorted(unknown_nets)}; known: {', '.join(NET_NAMES)}")
-    missing = [(sp.column, sp.net) for sp in specs if sp.net is not None and sp.net not in nets]
-    if missing:
-        raise ValueError(f"nets: metrics need nets that were not given: {missing}")
 
     values: dict[str, float] = {}
     for sp in specs:
