@@ -30,3 +30,26 @@ def run_snakemake(*args, cwd=REPO, check=False, timeout=900, env=None):
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def nsd(tmp_path_factory):
+    """A small synthetic NSD for subject 1 (12 images, 4 shared, 2 sessions, 64 px), read-only.
+
+    Keys: ``root`` (folder with ``nsd/`` and ``coco/``), ``stimuli`` (stimulus index CSV),
+    ``captions`` (captions table CSV), ``brick`` (the imgBrick HDF5). Shared by the feature
+    tests; tests must not write into it (copy what they corrupt to their own tmp_path).
+    """
+    from brainrecon.nsd import layout
+    from brainrecon.nsd.prepare import write_captions_table, write_stimulus_index
+    from brainrecon.synth import generate
+
+    subject = 1
+    d = tmp_path_factory.mktemp("synthetic_nsd")
+    generate(d / "nsd", d / "coco", subjects=(subject,), sessions=2, n_images=12, n_shared=4, n_reps=3,
+             image_size=64, seed=0, progress=False)
+    index = write_stimulus_index(d / "nsd" / layout.expdesign_key(), d / "nsd" / layout.stim_info_key("csv"),
+                                 subject, 2, d / "stim.csv")
+    write_captions_table(index, [d / "coco" / c for c in layout.COCO_CAPTION_FILES], d / "caps.csv")
+    return {"root": d, "stimuli": d / "stim.csv", "captions": d / "caps.csv",
+            "brick": d / "nsd" / layout.stimuli_key()}

@@ -19,8 +19,6 @@ import yaml
 from brainrecon.features import SPACES, extract_features, image_seed, space_role
 from brainrecon.models import load_model, prepare_model
 from brainrecon.models.vdvae import VDVAEConfig, flatten_latents, latent_dims, preprocess
-from brainrecon.nsd import layout
-from brainrecon.nsd.prepare import write_captions_table, write_stimulus_index
 from brainrecon.nsd.readers import NSDFileError
 from conftest import REPO, run_snakemake
 
@@ -30,20 +28,6 @@ SUBJECT = 1
 ALL = ("vdvae", "clipvision", "cliptext", "sdz", "sdc")
 ROLE = {"vdvae": "vdvae", "clipvision": "vd", "cliptext": "vd", "sdz": "sd", "sdc": "sd"}
 BASE_BATCH = 5
-
-
-@pytest.fixture(scope="module")
-def nsd(tmp_path_factory):
-    from brainrecon.synth import generate
-
-    d = tmp_path_factory.mktemp("feat_nsd")
-    generate(d / "nsd", d / "coco", subjects=(SUBJECT,), sessions=2, n_images=12, n_shared=4, n_reps=3,
-             image_size=64, seed=0, progress=False)
-    index = write_stimulus_index(d / "nsd" / layout.expdesign_key(), d / "nsd" / layout.stim_info_key("csv"),
-                                 SUBJECT, 2, d / "stim.csv")
-    write_captions_table(index, [d / "coco" / c for c in layout.COCO_CAPTION_FILES], d / "caps.csv")
-    return {"root": d, "stimuli": d / "stim.csv", "captions": d / "caps.csv",
-            "brick": d / "nsd" / layout.stimuli_key()}
 
 
 @pytest.fixture(scope="module")

@@ -15,23 +15,9 @@ from brainrecon.config import validate_config
 from brainrecon.features import SPACES, extract_features, space_role
 from brainrecon.models import load_model, prepare_model
 from brainrecon.nsd import layout
-from brainrecon.nsd.prepare import write_stimulus_index
 from conftest import REPO, run_snakemake
 
 torch.set_num_threads(1)
-SUBJECT = 1
-
-
-@pytest.fixture(scope="module")
-def nsd(tmp_path_factory):
-    from brainrecon.synth import generate
-
-    d = tmp_path_factory.mktemp("tn_nsd")
-    generate(d / "nsd", d / "coco", subjects=(SUBJECT,), sessions=2, n_images=12, n_shared=4, n_reps=3,
-             image_size=64, seed=0, progress=False)
-    write_stimulus_index(d / "nsd" / layout.expdesign_key(), d / "nsd" / layout.stim_info_key("csv"),
-                         SUBJECT, 2, d / "stim.csv")
-    return {"root": d, "stimuli": d / "stim.csv", "brick": d / "nsd" / layout.stimuli_key()}
 
 
 @pytest.fixture(scope="module")
