@@ -105,7 +105,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..nsd.layout import LABEL_TABLES
-from .common import SettingsMapping, derive_seed, image_outputs, png_name, subject_code, to_uint8, upsample
+from .common import (  # noqa: F401  (subject_code, derive_seed, upsample re-exported)
+    BatchOutputs,
+    SettingsMapping,
+    derive_seed,
+    image_outputs,
+    png_name,
+    subject_code,
+    to_uint8,
+    upsample,
+)
 from .variants import (  # noqa: F401  (re-exported)
     METHOD,
     ROI_DEFINITIONS,
@@ -345,7 +354,7 @@ def reconstruct(variant: str, keys: Sequence, subject, settings: Settings, *, vd
         uncond = vd_unconditional(vd_parts)  # CLIP("") and CLIP(grey), once for all batches
         text_shape, image_shape = context_shapes(vd_parts)
     num_steps, timesteps = 0, []
-    all_images, all_stage1 = [], []
+    outputs = BatchOutputs(sink, keep)
     bs = int(settings.batch_size)
     for i0 in tqdm(range(0, n, bs), desc=f"braindiffuser {variant}", disable=not progress):
         i1 = min(i0 + bs, n)
@@ -368,16 +377,9 @@ def reconstruct(variant: str, keys: Sequence, subject, settings: Settings, *, vd
             num_steps = steps_run
         else:
             images = upsample(stage1, settings.image_size)
-        if sink is not None:
-            sink(i0, images, stage1)
-        if keep:
-            all_images.append(images)
-            if stage1 is not None:
-                all_stage1.append(stage1)
+        outputs.add(i0, images, stage1)
     return Reconstruction(
-        images=np.concatenate(all_images) if keep else np.empty((0,), np.uint8),
-        stage1=np.concatenate(all_stage1) if keep and all_stage1 else None,
-        keys=keys, seeds=seeds, num_steps=num_steps, timesteps=timesteps,
+        images=outputs.images, stage1=outputs.stage1, keys=keys, seeds=seeds, num_steps=num_steps, timesteps=timesteps,
     )
 
 

@@ -6,8 +6,8 @@ torch-free variant modules (:mod:`.variants`, :mod:`.takagi_variants`) may use i
 - :class:`SettingsMapping`: ``from_mapping`` / ``as_dict`` of the frozen settings dataclasses;
 - seeds: :func:`subject_code`, :func:`derive_seed`;
 - images: :func:`upsample` (bicubic, as the references), :func:`to_uint8`;
-- outputs: :func:`image_outputs`, the atomic ``images.h5`` + ``png/`` writer both methods
-  stream their batches into.
+- outputs: :class:`BatchOutputs` (batches to a sink and/or memory) and :func:`image_outputs`,
+  the atomic ``images.h5`` + ``png/`` writer both methods stream their batches into.
 """
 
 from __future__ import annotations
@@ -92,6 +92,34 @@ def png_name(key) -> str:
 
 
 # ----------------------------------------------------------------------------- outputs
+class BatchOutputs:
+    """The batches of one reconstruction: each is handed to ``sink(i0, images, stage1)`` (e.g.
+    :func:`image_outputs`'s) and, with ``keep``, also kept for the in-memory result."""
+
+    def __init__(self, sink: Callable | None, keep: bool):
+        self.sink, self.keep = sink, bool(keep)
+        self._images: list[np.ndarray] = []
+        self._stage1: list[np.ndarray] = []
+
+    def add(self, i0: int, images: np.ndarray, stage1: np.ndarray | None = None) -> None:
+        if self.sink is not None:
+            self.sink(i0, images, stage1)
+        if self.keep:
+            self._images.append(images)
+            if stage1 is not None:
+                self._stage1.append(stage1)
+
+    @property
+    def images(self) -> np.ndarray:
+        """All kept images, concatenated on axis 0 (an empty array without ``keep``)."""
+        return np.concatenate(self._images) if self.keep else np.empty((0,), np.uint8)
+
+    @property
+    def stage1(self) -> np.ndarray | None:
+        """All kept stage-1 images, or None (none given, or no ``keep``)."""
+        return np.concatenate(self._stage1) if self.keep and self._stage1 else None
+
+
 @contextlib.contextmanager
 def image_outputs(out_h5, png_dir, *, n: int, image_shape: Sequence[int], png_names: Callable[[int], Sequence[str]],
                   stage1_shape: Sequence[int] | None = None) -> Iterator[tuple[object, Callable]]:

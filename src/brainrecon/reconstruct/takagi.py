@@ -88,7 +88,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io import atomic_dir, atomic_path, write_text_atomic
-from .common import derive_seed, image_outputs, subject_code, to_uint8, upsample
+from .common import BatchOutputs, derive_seed, image_outputs, subject_code, to_uint8, upsample
 
 log = logging.getLogger(__name__)
 
@@ -492,7 +492,7 @@ def reconstruct(variant: str, nsd_ids: Sequence[int], subject, settings: Setting
 
     per_chunk = max(1, settings.batch_size // ns)
     num_steps, timesteps = 0, []
-    out_images, out_stage1 = [], []
+    outputs = BatchOutputs(sink, keep)
     for i0 in tqdm(range(0, n, per_chunk), desc=f"takagi {variant}", disable=not progress):
         i1 = min(i0 + per_chunk, n)
         k = i1 - i0
@@ -522,16 +522,10 @@ def reconstruct(variant: str, nsd_ids: Sequence[int], subject, settings: Setting
                 raise RuntimeError(f"a batch ran {steps_run} steps, earlier batches {num_steps}")
             num_steps, timesteps = steps_run, ts
         imgs = imgs.reshape(k, ns, S, S, 3)
-        if sink is not None:
-            sink(i0, imgs, stage1)
-        if keep:
-            out_images.append(imgs)
-            if stage1 is not None:
-                out_stage1.append(stage1)
+        outputs.add(i0, imgs, stage1)
     return Reconstruction(
-        images=np.concatenate(out_images) if keep else np.empty((0,), np.uint8),
-        stage1=np.concatenate(out_stage1) if keep and out_stage1 else None,
-        nsd_ids=ids, seeds=seeds, captions=None if captions is None else list(captions),
+        images=outputs.images, stage1=outputs.stage1, nsd_ids=ids, seeds=seeds,
+        captions=None if captions is None else list(captions),
         num_steps=num_steps, timesteps=timesteps,
     )
 
