@@ -9,75 +9,29 @@
 # stage's writer, reading the images and the subject's sdc file: c conditions the img2img).
 # Outputs: results/encoding/{voxels}/{space}/subj{subject}{.h5,_r.nii.gz,_sig.nii.gz,_rois.csv,_mosaic.png},
 # results/encoding/{voxels}/roi_summary.csv, results/encoding/{voxels}/figures/r_by_roi_{figure}.png.
+import functools as _functools
 import re as _re
 
 from brainrecon.features import SPACES as _FEATURE_SPACES
 from brainrecon.features.encoding_spaces import (
+    ENCODING_OUT as ENC_OUT,
     ENCODING_SPACE_RE,
+    FIGURE_NAMES as ENC_FIGURES_ALL,
     encoding_feature_options,
-    encoding_figure_names,
+    encoding_fit_settings,
+    encoding_model_dtype,
     encoding_space_names,
+    encoding_targets_for,
 )
 
-ENC_OUT = "results/encoding"
-ENC_FIGURES_ALL = ("spaces", "noise_levels", "unet_steps", "unet_layers")
-
-
-def enc_config():
-    return config["encoding"]
-
-
-ENC_SPACES = encoding_space_names(enc_config(), known=list(_FEATURE_SPACES))
-ENC_FIGURES = encoding_figure_names(ENC_SPACES)
+ENC = config["encoding"]
+ENC_SPACES = encoding_space_names(ENC, known=list(_FEATURE_SPACES))
+# every setting that changes a map's statistics (params: changing one reruns the fits)
+ENC_FIT_SETTINGS = encoding_fit_settings(config)
 # {space} of the encoding outputs: a registered feature space or an encoding-only name
 ENC_SPACE_WC = "|".join([_re.escape(s) for s in _FEATURE_SPACES] + [ENCODING_SPACE_RE])
-
-
-def enc_backend():
-    """Ridge/PCA backend: encoding.backend, or regression.backend when null."""
-    return enc_config()["backend"] or config["regression"]["backend"]
-
-
-def enc_fit_settings():
-    """Every setting that changes the statistics of a map (a params value: changing one reruns the fits)."""
-    e = enc_config()
-    return {
-        "n_components": e["n_components"],
-        "alphas": list(e["alphas"]),
-        "cv": e["cv"],
-        "backend": enc_backend(),
-        "train_on": e["train_on"],
-        "standardize_X": e["standardize_X"],
-        "q": e["q"],
-        "target_batch": e["target_batch"],
-        "roi_files": list(e["roi_files"]),
-    }
-
-
-def enc_model_dtype():
-    """Compute dtype of the img2img jobs: float32 on CPU, else models.dtype."""
-    return (
-        "float32" if config["models"]["device"] == "cpu" else config["models"]["dtype"]
-    )
-
-
-def encoding_targets():
-    """Every encoding output: per voxel set, the maps/tables/mosaics of every space × subject,
-    the ROI summary and the r-by-ROI figures."""
-    e = enc_config()
-    if not e["enabled"] or not ENC_SPACES:
-        return []
-    out = []
-    for v in e["voxels"]:
-        out += expand(
-            f"{ENC_OUT}/{v}/{{space}}/subj{{subject}}{{suffix}}",
-            space=ENC_SPACES,
-            subject=SUBJECTS,
-            suffix=[".h5", "_r.nii.gz", "_sig.nii.gz", "_rois.csv", "_mosaic.png"],
-        )
-        out.append(f"{ENC_OUT}/{v}/roi_summary.csv")
-        out += [f"{ENC_OUT}/{v}/figures/r_by_roi_{f}.png" for f in ENC_FIGURES]
-    return out
+# encoding_targets(): per voxel set, every space x subject's files, the ROI summary and the figures
+encoding_targets = _functools.partial(encoding_targets_for, config, SUBJECTS, ENC_OUT)
 
 
 rule encoding_all:
@@ -111,12 +65,10 @@ rule encoding_features:
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
         space="{space}",
-        options=lambda wildcards: encoding_feature_options(
-            wildcards.space, enc_config()
-        ),
-        dtype=lambda wildcards: enc_model_dtype(),
+        options=lambda wildcards: encoding_feature_options(wildcards.space, ENC),
+        dtype=encoding_model_dtype(config),
         model_source=config["models"]["source"],
-        batch_size=lambda wildcards, output: enc_config()["img2img"]["batch_size"],
+        batch_size=lambda wildcards, output: ENC["img2img"]["batch_size"],
         device=lambda wildcards, output: config["models"]["device"],
     script:
         "../scripts/encoding_features.py"
@@ -141,13 +93,13 @@ rule encoding_fit:
         "../../envs/base.yaml"
     threads: 4
     resources:
-        gpu=lambda wildcards: int(enc_backend() == "torch_cuda"),
+        gpu=lambda wildcards: int(ENC_FIT_SETTINGS["backend"] == "torch_cuda"),
         mem_mb=lambda wildcards, attempt: 32000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
     params:
         space="{space}",
         subject="{subject}",
-        settings=lambda wildcards: enc_fit_settings(),
+        settings=ENC_FIT_SETTINGS,
     script:
         "../scripts/encoding_fit.py"
 
@@ -179,7 +131,7 @@ rule encoding_mosaics:
         "../../envs/base.yaml"
     params:
         spaces=ENC_SPACES,
-        q=lambda wildcards: enc_config()["q"],
+        q=ENC["q"],
     script:
         "../scripts/encoding_mosaics.py"
 
@@ -230,7 +182,7 @@ rule encoding_figure:
         "../../envs/base.yaml"
     params:
         figure="{figure}",
-        roi_file=lambda wildcards: enc_config()["figure_roi_file"],
-        q=lambda wildcards: enc_config()["q"],
+        roi_file=ENC["figure_roi_file"],
+        q=ENC["q"],
     script:
         "../scripts/encoding_figure.py"

@@ -46,7 +46,7 @@ from brainrecon.encoding.figures import plot_r_by_roi, slice_mosaic
 from brainrecon.encoding.maps import save_map_nifti, to_volume
 from brainrecon.encoding.pca import fit_pca
 from brainrecon.encoding.rois import roi_summary
-from brainrecon.features.encoding_spaces import describe_space, format_strength
+from brainrecon.features.encoding_spaces import FIGURE_NAMES, describe_space, format_strength
 from brainrecon.io import atomic_path
 from brainrecon.nsd.layout import LABEL_TABLES
 
@@ -57,7 +57,7 @@ ROI_FILES = ("streams", "prf-visualrois", "floc-faces", "floc-words", "floc-plac
 TRAIN_ON = ("single_trial", "averaged")
 #: columns the stage adds in front of :data:`brainrecon.encoding.ROI_SUMMARY_COLUMNS`
 ID_COLUMNS = ["voxels", "subject", "space", "kind", "space_label", "strength", "block", "step"]
-FIGURES = ("spaces", "noise_levels", "unet_steps", "unet_layers")
+FIGURES = FIGURE_NAMES
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -175,8 +175,12 @@ def describe_space(name: str) -> dict:
     return out
 
 
+#: the r-by-ROI figures of the encoding stage (:func:`brainrecon.encoding.stage.figure_table`)
+FIGURE_NAMES = ("spaces", "noise_levels", "unet_steps", "unet_layers")
+
+
 def encoding_figure_names(names: Sequence[str]) -> list[str]:
-    """The r-by-ROI figures (:data:`brainrecon.encoding.stage.FIGURES`) that spaces ``names`` support:
+    """The r-by-ROI figures (:data:`FIGURE_NAMES`) that spaces ``names`` support:
     ``spaces`` (any non-U-Net space), ``noise_levels`` (a zc space), ``unet_steps`` and ``unet_layers``
     (a U-Net space)."""
     kinds = [describe_space(n)["kind"] for n in names]
@@ -251,6 +255,50 @@ def encoding_feature_options(name: str, enc: Mapping) -> dict:
         opts["pool"] = unet.get("pool", UNET_DEFAULTS["pool"])
         opts["storage_dtype"] = unet.get("storage_dtype", UNET_DEFAULTS["storage_dtype"])
     return opts
+
+
+# ----------------------------------------------------------------------------- workflow helpers (read by encoding.smk)
+ENCODING_OUT = "results/encoding"
+#: files of one map: statistics, r map, significance map, ROI table, slice mosaic
+MAP_SUFFIXES = (".h5", "_r.nii.gz", "_sig.nii.gz", "_rois.csv", "_mosaic.png")
+
+
+def encoding_backend(config: Mapping) -> str:
+    """Ridge/PCA backend of the encoding fits: ``encoding.backend``, or ``regression.backend`` when null."""
+    return config["encoding"].get("backend") or config.get("regression", {}).get("backend", "numpy")
+
+
+def encoding_fit_settings(config: Mapping) -> dict:
+    """Every setting that changes the statistics of a map (the rule's params: changing one reruns the fits)."""
+    e = config["encoding"]
+    return {
+        "n_components": e["n_components"], "alphas": list(e["alphas"]), "cv": e["cv"],
+        "backend": encoding_backend(config), "train_on": e["train_on"], "standardize_X": e["standardize_X"],
+        "q": e["q"], "target_batch": e["target_batch"], "roi_files": list(e["roi_files"]),
+    }
+
+
+def encoding_model_dtype(config: Mapping) -> str:
+    """Compute dtype of the img2img jobs: float32 on CPU, else ``models.dtype``."""
+    m = config["models"]
+    return "float32" if m["device"] == "cpu" else m["dtype"]
+
+
+def encoding_targets_for(config: Mapping, subjects: Sequence[str], out: str = ENCODING_OUT) -> list[str]:
+    """Every encoding output of a config: per voxel set, the files of every space × subject
+    (:data:`MAP_SUFFIXES`), ``roi_summary.csv`` and ``figures/r_by_roi_<figure>.png``."""
+    e = config["encoding"]
+    if not e.get("enabled", True):
+        return []
+    names = encoding_space_names(e)
+    if not names:
+        return []
+    files = []
+    for v in e["voxels"]:
+        files += [f"{out}/{v}/{n}/subj{s}{x}" for n in names for s in subjects for x in MAP_SUFFIXES]
+        files.append(f"{out}/{v}/roi_summary.csv")
+        files += [f"{out}/{v}/figures/r_by_roi_{f}.png" for f in encoding_figure_names(names)]
+    return files
 
 
 # ----------------------------------------------------------------------------- registry
