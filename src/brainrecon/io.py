@@ -14,6 +14,19 @@ import tempfile
 from pathlib import Path
 
 
+def _sweep_stale(path: Path) -> None:
+    """Remove temporaries a killed earlier write of ``path`` left behind (``.<name>.*.tmp*``).
+
+    Snakemake never runs two jobs with the same output, so a sibling temporary of the same
+    final name can only be a leftover."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -29,6 +42,7 @@ def atomic_path(path, suffix: str | None = None):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(path)
     if suffix is None:
         suffix = "".join(path.suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
@@ -50,6 +64,7 @@ def atomic_dir(path):
     """Yield a temporary directory next to ``path``; move it to ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
