@@ -223,8 +223,8 @@ def fit_encoding(
         Xtr = Str[img_of_row]
         alist = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
         folds = image_folds(img_of_row, int(cv)) if alist.size > 1 else None
-        log.info("encoding %s subj%s (%s): %d %s rows of %d images, %d test images, %d voxels, %s",
-                 space, subject, voxel_set, Xtr.shape[0], grp, train_imgs.size, test_ids.size, V, note)
+        log.info("encoding %s subj%s (%s): %d training rows (%s) of %d images, %d test images, %d voxels, %s",
+                 space, subject, voxel_set, Xtr.shape[0], train_on, train_imgs.size, test_ids.size, V, note)
         res = encoding_analysis(Xtr, Ytr, Ste, Yte, alphas=alist, cv=folds, backend=backend, n_components=None,
                                 q=q, standardize_X=standardize_X, target_batch=int(target_batch),
                                 progress=progress)
@@ -311,7 +311,7 @@ def write_mosaics(stats_h5s: Sequence, mean_epi, pngs: Sequence, *, n_slices: in
         label = describe_space(str(a.get("space", "")))["label"]
         title = (f"subj{a.get('subject', '?')} {label} ({a.get('voxel_set', '')}): test r, "
                  f"{int(sig.sum())}/{st['r'].size} voxels q<{a.get('q', '')}")
-        out.append(slice_mosaic(vol, epi, png, significance=sig, n_slices=n_slices, vmin=0.0, vmax=max(hi, 1e-3),
+        out.append(slice_mosaic(vol, epi, png, significance=sig, n_slices=n_slices, vmin=0.0, vmax=max(hi, 1e-3), cmap="autumn",
                                 title=title, label="test r"))
     return out
 
