@@ -94,7 +94,11 @@ rule encoding_fit:
     threads: 4
     resources:
         gpu=lambda wildcards: int(ENC_FIT_SETTINGS["backend"] == "torch_cuda"),
-        mem_mb=lambda wildcards, attempt: 32000 * attempt,
+        # U-Net spaces: flattened activations up to ~10^6 columns -> 6400 x D PCA components (float32)
+        mem_mb=lambda wildcards, attempt: (
+            64000 if wildcards.space.startswith("unet_") else 32000
+        )
+        * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
     params:
         space="{space}",
