@@ -331,6 +331,8 @@ def test_unet_extractor_hooks_named_block_at_named_step(small, sd_parts):
     assert glob.storage_dtype == "float16"
     with pytest.raises(ValueError, match="outside the run's denoising steps 1..4"):
         es.setup_unet(sd_parts, "mid", 5, **kw)
+    with pytest.raises(ValueError, match="pool must be"):
+        es.setup_unet(sd_parts, "mid", 1, pool=0, **kw)
     with pytest.raises(ValueError, match="has 2 up blocks"):
         es.setup_unet(sd_parts, "up2", 1, **kw)
 

@@ -557,8 +557,8 @@ class UNetExtractor(_Img2ImgExtractor):
         if not 1 <= self.step <= self.n_run:
             raise ValueError(f"U-Net step {step} is outside the run's denoising steps 1..{self.n_run} "
                              f"(int(strength {self.strength} x {self.steps}))")
-        pool_activation_check = pool == POOL_GLOBAL or (not isinstance(pool, bool) and int(pool) == pool >= 1)
-        if not pool_activation_check:
+        if not (pool == POOL_GLOBAL or (isinstance(pool, (int, float)) and not isinstance(pool, bool)
+                                        and int(pool) == pool >= 1)):
             raise ValueError(f"pool must be a positive integer or {POOL_GLOBAL!r}, got {pool!r}")
         if storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
