@@ -437,6 +437,16 @@ def _jobs(stdout: str) -> dict[str, int]:
     return {a: int(b) for a, b in re.findall(r"^(\S+)\s+(\d+)$", m.group(1), re.M)}
 
 
+def _feature_jobs(stdout: str) -> list[tuple[str, str, str]]:
+    """(space, subject, input line) of every `rule features` job of a dry run."""
+    out = []
+    for block in stdout.split("\n\n"):
+        if re.search(r"^rule features:", block, re.M):
+            wc = re.search(r"wildcards: space=([\w.]+), subject=(\d+)", block)
+            out.append((wc.group(1), wc.group(2), re.search(r"input: (.*)", block).group(1)))
+    return out
+
+
 def test_dry_run_lists_encoding_jobs_for_four_subjects(tmp_path):
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     assert demo["nsd"]["subjects"] == [1, 2, 5, 7]
@@ -445,18 +455,24 @@ def test_dry_run_lists_encoding_jobs_for_four_subjects(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = _jobs(proc.stdout)
     # demo: sdz, sdc, zc at 2 strengths, 2 blocks x 2 steps = 8 spaces x 4 subjects
-    assert jobs["encoding_fit"] == 32 and jobs["encoding_features"] == 4 * 6
+    assert jobs["encoding_fit"] == 32
+    # one features rule for every space: sdz, sdc and the 6 encoding-only spaces, 4 subjects each
+    feats = _feature_jobs(proc.stdout)
+    assert jobs["features"] == len(feats) == 4 * 8
+    enc_feats = {(sp, s) for sp, s, _ in feats if sp.startswith(("zc_", "unet_"))}
+    assert len(enc_feats) == 4 * 6 and {s for _, s in enc_feats} == {"01", "02", "05", "07"}
     assert jobs["encoding_mosaics"] == 4 and jobs["encoding_summary"] == 1 and jobs["encoding_figure"] == 4
     fits = re.findall(r"rule encoding_fit:.*?wildcards: voxels=(\w+), space=([\w.]+), subject=(\d+)", proc.stdout,
                       re.S)
     assert {s for _, _, s in fits} == {"01", "02", "05", "07"} and {v for v, _, _ in fits} == {"nsdgeneral"}
     assert {sp for _, sp, _ in fits} == {"sdz", "sdc", "zc_s0.4", "zc_s0.8", "unet_down0_t1", "unet_down0_t4",
                                          "unet_mid_t1", "unet_mid_t4"}
-    for block in proc.stdout.split("\n\n"):
-        if "rule encoding_features:" in block:  # reads the images and the subject's c, runs the tiny SD
-            inputs = re.search(r"input: (.*)", block).group(1)
-            assert "nsd_stimuli.hdf5" in inputs and re.search(r"features/sdc/subj\d\d\.h5", inputs)
+    for space, subject, inputs in feats:
+        if space.startswith(("zc_", "unet_")):  # reads the images and the subject's c, runs the tiny SD
+            assert "nsd_stimuli.hdf5" in inputs and f"features/sdc/subj{subject}.h5" in inputs
             assert "models_tiny/sd" in inputs
+        else:  # sdz / sdc: no c file among the inputs
+            assert "features/sdc/" not in inputs
     # brainmask maps: its prepared files enter the DAG only when encoding asks for them
     over = tmp_path / "bm.yaml"
     over.write_text(yaml.safe_dump({"encoding": {"voxels": ["brainmask"], "spaces": ["sdz"], "zc_strengths": [],
@@ -465,6 +481,6 @@ def test_dry_run_lists_encoding_jobs_for_four_subjects(tmp_path):
                          tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = _jobs(proc.stdout)
-    assert jobs["encoding_fit"] == 4 and "encoding_features" not in jobs
+    assert jobs["encoding_fit"] == 4 and not [f for f in _feature_jobs(proc.stdout) if f[0] != "sdz"]
     assert len(re.findall(r"results/prepared/brainmask/subj\d\d\.h5", proc.stdout)) >= 4
     assert "results/prepared/nsdgeneral/" not in proc.stdout

@@ -112,15 +112,32 @@ def roi_optimal_for(space):
 
 # ---------------------------------------------------------------- features (input and target functions)
 from brainrecon.features import SPACES, space_config_options, space_dtype, space_role
+from brainrecon.features.encoding_spaces import (
+    ENCODING_SPACE_RE,
+    encoding_feature_options,
+    encoding_model_dtype,
+    is_encoding_space,
+)
+
+# {space} of the features rule: a registered feature space, or an encoding-only space (zc_s<strength>,
+# unet_<block>_t<step>: img2img of the image's z conditioned on its c, see encoding.smk)
+FEATURE_SPACE_WC = "|".join([re.escape(s) for s in SPACES] + [ENCODING_SPACE_RE])
 
 
 def features_inputs(wildcards):
-    """Stimulus index, the space's model folder, and the brick (image spaces) or captions (text spaces)."""
+    """Stimulus index, the space's model folder, and the brick (image spaces) or captions (text
+    spaces); encoding spaces also read the subject's sdc file (c conditions the img2img).
+    """
+    stimuli = f"results/prepared/stimuli/subj{wildcards.subject}.csv"
+    if is_encoding_space(wildcards.space):
+        return {
+            "stimuli": stimuli,
+            "brick": nsd_path(layout.stimuli_key()),
+            "model": model_dir("sd"),
+            "c": f"results/features/sdc/subj{wildcards.subject}.h5",
+        }
     space = SPACES[wildcards.space]
-    inputs = {
-        "stimuli": f"results/prepared/stimuli/subj{wildcards.subject}.csv",
-        "model": model_dir(space_role(wildcards.space)),
-    }
+    inputs = {"stimuli": stimuli, "model": model_dir(space_role(wildcards.space))}
     if space.inputs == "images":
         inputs["brick"] = nsd_path(layout.stimuli_key())
     else:
@@ -128,6 +145,30 @@ def features_inputs(wildcards):
             f"results/prepared/stimuli/subj{wildcards.subject}_captions.csv"
         )
     return inputs
+
+
+def features_options(wildcards):
+    """The options that change a space's numbers (features.* for the registered spaces, the
+    encoding.img2img / encoding.unet settings for encoding spaces)."""
+    if is_encoding_space(wildcards.space):
+        return encoding_feature_options(wildcards.space, config["encoding"])
+    return space_config_options(wildcards.space, config["features"])
+
+
+def features_dtype(wildcards):
+    """Effective compute dtype of the space (see brainrecon.features.space_dtype)."""
+    if is_encoding_space(wildcards.space):
+        return encoding_model_dtype(config)
+    return space_dtype(
+        wildcards.space, config["models"]["device"], config["models"]["dtype"]
+    )
+
+
+def features_batch_size(wildcards):
+    """Images per model call (encoding spaces: encoding.img2img.batch_size)."""
+    if is_encoding_space(wildcards.space):
+        return config["encoding"]["img2img"]["batch_size"]
+    return config["features"]["batch_size"]
 
 
 # ---------------------------------------------------------------- reconstruct (input and target functions)

@@ -5,31 +5,24 @@
 # over the mean EPI and r-by-ROI figures for the report.
 #
 # Feature spaces: z = sdz and c = sdc (rule features), zc_s<strength> and unet_<block>_t<step>
-# (brainrecon.features.encoding_spaces; rule encoding_features below writes them with the features
-# stage's writer, reading the images and the subject's sdc file: c conditions the img2img).
+# (brainrecon.features.encoding_spaces; rule features writes them like every other space, reading
+# the images and the subject's sdc file: c conditions the img2img).
 # Outputs: results/encoding/{voxels}/{space}/subj{subject}{.h5,_r.nii.gz,_sig.nii.gz,_rois.csv,_mosaic.png},
 # results/encoding/{voxels}/roi_summary.csv, results/encoding/{voxels}/figures/r_by_roi_{figure}.png.
 import functools as _functools
-import re as _re
 
-from brainrecon.features import SPACES as _FEATURE_SPACES
 from brainrecon.features.encoding_spaces import (
     ENCODING_OUT as ENC_OUT,
-    ENCODING_SPACE_RE,
     FIGURE_NAMES as ENC_FIGURES_ALL,
-    encoding_feature_options,
     encoding_fit_settings,
-    encoding_model_dtype,
     encoding_space_names,
     encoding_targets_for,
 )
 
 ENC = config["encoding"]
-ENC_SPACES = encoding_space_names(ENC, known=list(_FEATURE_SPACES))
+ENC_SPACES = encoding_space_names(ENC, known=list(SPACES))
 # every setting that changes a map's statistics (params: changing one reruns the fits)
 ENC_FIT_SETTINGS = encoding_fit_settings(config)
-# {space} of the encoding outputs: a registered feature space or an encoding-only name
-ENC_SPACE_WC = "|".join([_re.escape(s) for s in _FEATURE_SPACES] + [ENCODING_SPACE_RE])
 # encoding_targets(): per voxel set, every space x subject's files, the ROI summary and the figures
 encoding_targets = _functools.partial(encoding_targets_for, config, SUBJECTS, ENC_OUT)
 
@@ -37,41 +30,6 @@ encoding_targets = _functools.partial(encoding_targets_for, config, SUBJECTS, EN
 rule encoding_all:
     input:
         encoding_targets(),
-
-
-# zc_s<strength> / unet_<block>_t<step>: img2img of the image's z conditioned on its c (the sdc row).
-# Params that change the features are functions of wildcards (tracked); batch_size and device are
-# functions of `output` (not rerun triggers: features do not depend on batching).
-rule encoding_features:
-    input:
-        stimuli="results/prepared/stimuli/subj{subject}.csv",
-        brick=nsd_path(layout.stimuli_key()),
-        model=model_dir("sd"),
-        c="results/features/sdc/subj{subject}.h5",
-    output:
-        "results/features/{space}/subj{subject}.h5",
-    log:
-        "logs/features/{space}/subj{subject}.log",
-    benchmark:
-        "benchmarks/features/{space}/subj{subject}.tsv"
-    wildcard_constraints:
-        space=ENCODING_SPACE_RE,
-    conda:
-        "../../envs/base.yaml"
-    threads: 4
-    resources:
-        gpu=lambda wildcards: 0 if config["models"]["device"] == "cpu" else 1,
-        mem_mb=lambda wildcards, attempt: 16000 * attempt,
-        runtime=lambda wildcards, attempt: 240 * attempt,
-    params:
-        space="{space}",
-        options=lambda wildcards: encoding_feature_options(wildcards.space, ENC),
-        dtype=encoding_model_dtype(config),
-        model_source=config["models"]["source"],
-        batch_size=lambda wildcards, output: ENC["img2img"]["batch_size"],
-        device=lambda wildcards, output: config["models"]["device"],
-    script:
-        "../scripts/encoding_features.py"
 
 
 rule encoding_fit:
@@ -88,7 +46,7 @@ rule encoding_fit:
     benchmark:
         f"benchmarks/encoding/{{voxels}}/{{space}}/subj{{subject}}.tsv"
     wildcard_constraints:
-        space=ENC_SPACE_WC,
+        space=FEATURE_SPACE_WC,
     conda:
         "../../envs/base.yaml"
     threads: 4

@@ -1,5 +1,7 @@
 # Per subject and feature space: features of every image the subject saw (docs/DATA_PRODUCTS.md,
-# "features"). Spaces, their model role and their options come from brainrecon.features.SPACES.
+# "features"). Spaces, their model role and their options come from brainrecon.features.SPACES;
+# the encoding-only spaces (zc_s<strength>, unet_<block>_t<step>) from
+# brainrecon.features.encoding_spaces — one rule and one writer for all of them.
 
 
 # Params that change the numbers are functions of wildcards only (Snakemake tracks those): the
@@ -16,24 +18,23 @@ rule features:
     benchmark:
         "benchmarks/features/{space}/subj{subject}.tsv"
     wildcard_constraints:
-        space="|".join(SPACES),
+        space=FEATURE_SPACE_WC,
     conda:
         "../../envs/base.yaml"
     threads: 4
     resources:
         gpu=lambda wildcards: 0 if config["models"]["device"] == "cpu" else 1,
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
+        runtime=lambda wildcards, attempt: (
+            240 if is_encoding_space(wildcards.space) else 120
+        )
+        * attempt,
     params:
         space="{space}",
-        options=lambda wildcards: space_config_options(
-            wildcards.space, config["features"]
-        ),
-        dtype=lambda wildcards: space_dtype(
-            wildcards.space, config["models"]["device"], config["models"]["dtype"]
-        ),
+        options=features_options,
+        dtype=features_dtype,
         model_source=config["models"]["source"],
-        batch_size=lambda wildcards, output: config["features"]["batch_size"],
+        batch_size=lambda wildcards, output: features_batch_size(wildcards),
         device=lambda wildcards, output: config["models"]["device"],
     script:
         "../scripts/features_extract.py"
