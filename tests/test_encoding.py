@@ -11,6 +11,7 @@ from brainrecon.encoding import (
     encoding_analysis,
     fdr_bh,
     fit_pca,
+    pca_scores,
     pearson_r_per_voxel,
     plot_r_by_roi,
     pvalue_null_gaussian,
@@ -177,6 +178,62 @@ def test_pca_reads_h5_dataset_in_blocks(tmp_path):
         z = m.transform(f["x"])
     ref = fit_pca(X.astype(np.float64), 8, dtype=np.float64)
     assert np.allclose(z, ref.transform(X), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(60, 25), (30, 90)], ids=["covariance", "gram"])
+def test_pca_scores_match_sklearn_with_row_selection(shape, tmp_path):
+    """Scores without components: the same coordinates as sklearn's PCA of the selected training
+    rows (up to each component's sign), read from HDF5 in column blocks, rows in any order."""
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(11)
+    n, d = shape
+    mix = rng.standard_normal((d, d)) * np.linspace(3, 0.1, d)[:, None]
+    train_all = (rng.standard_normal((n + 7, d)) @ mix + 5.0).astype(np.float32)
+    test_all = (rng.standard_normal((12, d)) @ mix - 2.0).astype(np.float32)
+    tr_rows = rng.permutation(n + 7)[:n]  # 7 rows left out, the rest shuffled
+    te_rows = np.array([5, 0, 11, 3])
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["train"], f["test"] = train_all, test_all
+    k = 10
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        sc = pca_scores(f["train"], f["test"], k, train_rows=tr_rows, test_rows=te_rows, dtype=np.float64,
+                        block_bytes=8 * (n + 7) * 16)  # 16-column blocks
+    assert sc.route == ("covariance" if d <= n else "gram") and sc.n_components == k
+    assert sc.train.shape == (n, k) and sc.test.shape == (4, k) and sc.train.dtype == np.float64
+    sel = train_all[tr_rows].astype(np.float64)
+    ref = _sk_pca(sel, k)
+    rtr, rte = ref.transform(sel), ref.transform(test_all[te_rows].astype(np.float64))
+    signs = np.sign(np.sum(sc.train * rtr, axis=0))
+    assert np.allclose(sc.train * signs, rtr, atol=1e-6)
+    assert np.allclose(sc.test * signs, rte, atol=1e-6)  # train mean and train components
+    assert np.allclose(sc.explained_variance, ref.explained_variance_, rtol=1e-6)
+    # deterministic signs: each component's largest-magnitude training score is positive
+    if sc.route == "gram":
+        assert (sc.train[np.abs(sc.train).argmax(0), np.arange(k)] > 0).all()
+    # no row selection == selecting every row in order
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        a = pca_scores(f["train"], f["test"], k, dtype=np.float64)
+        b = pca_scores(f["train"], f["test"], k, train_rows=np.arange(n + 7), test_rows=np.arange(12),
+                       dtype=np.float64)
+    assert np.allclose(a.train, b.train, atol=1e-9) and np.allclose(a.test, b.test, atol=1e-9)
+
+
+def test_pca_scores_rank_cap_and_bad_inputs():
+    rng = np.random.default_rng(12)
+    wide = rng.standard_normal((20, 80))
+    sc = pca_scores(wide, wide[:3], n_components=6400)
+    assert sc.n_components == 19 and "6400" in sc.note and "kept 19" in sc.note
+    # the training scores reproduce the centred Gram matrix (all 19 components kept)
+    c = wide - wide.mean(0)
+    assert np.allclose(sc.train.astype(np.float64) @ sc.train.T, c @ c.T, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="test features have 70 columns"):
+        pca_scores(wide, wide[:, :70], 5)
+    with pytest.raises(IndexError, match="train_rows"):
+        pca_scores(wide, wide, 5, train_rows=[0, 20])
+    bad = wide.copy()
+    bad[2, 50] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        pca_scores(bad, wide, 5)
 
 
 # ----------------------------------------------------------------------------- maps

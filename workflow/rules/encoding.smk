@@ -52,11 +52,9 @@ rule encoding_fit:
     threads: 4
     resources:
         gpu=lambda wildcards: int(ENC_FIT_SETTINGS["backend"] == "torch_cuda"),
-        # U-Net spaces: flattened activations up to ~10^6 columns -> 6400 x D PCA components (float32)
-        mem_mb=lambda wildcards, attempt: (
-            64000 if wildcards.space.startswith("unet_") else 32000
-        )
-        * attempt,
+        # PCA scores without the k x D components (brainrecon.encoding.pca_scores): memory does not
+        # grow with D (U-Net blocks are read in column blocks); the single-trial design dominates
+        mem_mb=lambda wildcards, attempt: 32000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
     params:
         space="{space}",

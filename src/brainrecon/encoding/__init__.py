@@ -8,7 +8,8 @@ against the null of correlations of independent Gaussian vectors, and BH-FDR.
 
 Public API (shapes in each docstring):
 
-* :func:`fit_pca` -> :class:`PCAModel` (``.transform``)
+* :func:`fit_pca` -> :class:`PCAModel` (``.transform``); :func:`pca_scores` -> :class:`PCAScores`
+  (training/test scores without the components)
 * :func:`pearson_r_per_voxel`, :func:`pvalue_null_gaussian`, :func:`fdr_bh`
 * :func:`encoding_analysis`
 * :func:`to_volume`, :func:`save_map_nifti`
@@ -19,13 +20,15 @@ Public API (shapes in each docstring):
 from brainrecon.encoding.analysis import DEFAULT_ALPHAS, encoding_analysis
 from brainrecon.encoding.figures import plot_r_by_roi, slice_mosaic
 from brainrecon.encoding.maps import save_map_nifti, to_volume
-from brainrecon.encoding.pca import PCAModel, fit_pca
+from brainrecon.encoding.pca import PCAModel, PCAScores, fit_pca, pca_scores
 from brainrecon.encoding.rois import ROI_SUMMARY_COLUMNS, roi_summary
 from brainrecon.encoding.stats import fdr_bh, pearson_r_per_voxel, pvalue_null_gaussian
 
 __all__ = [
     "PCAModel",
     "fit_pca",
+    "pca_scores",
+    "PCAScores",
     "pearson_r_per_voxel",
     "pvalue_null_gaussian",
     "fdr_bh",

@@ -19,7 +19,7 @@ import logging
 
 import numpy as np
 
-from brainrecon.encoding.pca import fit_pca
+from brainrecon.encoding.pca import pca_scores
 from brainrecon.encoding.stats import fdr_bh, pearson_r_per_voxel, pvalue_null_gaussian
 
 __all__ = ["encoding_analysis", "DEFAULT_ALPHAS"]
@@ -107,9 +107,8 @@ def encoding_analysis(
         raise ValueError(f"test_Y must be (m={m} test rows, V={V} voxels), got shape {test_Y.shape}")
 
     if n_components is not None and d > int(n_components):
-        pca = fit_pca(train_X, int(n_components), device=_torch_device(backend), dtype=np.float32)
-        Xtr, Xte = pca.transform(train_X), pca.transform(test_X)
-        k, note = pca.n_components, pca.note
+        sc = pca_scores(train_X, test_X, int(n_components), device=_torch_device(backend), dtype=np.float32)
+        Xtr, Xte, k, note = sc.train, sc.test, sc.n_components, sc.note
     else:
         Xtr, Xte = np.asarray(train_X[:]), np.asarray(test_X[:])
         k = d

@@ -6,7 +6,8 @@ Takagi & Nishimoto (CVPR 2023), "Encoding". Per (subject, feature space, voxel s
 1. reads the prepared betas (``results/prepared/{voxels}/subjXX.h5``) and the features
    (``results/features/{space}/subjXX.h5``), matching rows by nsdId;
 2. reduces the features to ``n_components`` principal components fitted on the **training images**
-   (each image once, :func:`brainrecon.encoding.fit_pca`; capped by the rank, ``min(n - 1, d)``; no
+   (each image once; :func:`brainrecon.encoding.pca_scores` — the scores without the k × d
+   components, so flattened U-Net blocks fit in memory; capped by the rank, ``min(n - 1, d)``; no
    PCA when ``d <= n_components``) and projects training and test images;
 3. fits the project's ridge through :func:`brainrecon.encoding.encoding_analysis` (one alpha per
    voxel chosen by cross-validation over ``alphas``) on single training trials (``train_on:
@@ -44,7 +45,7 @@ import pandas as pd
 from brainrecon.encoding.analysis import DEFAULT_ALPHAS, encoding_analysis
 from brainrecon.encoding.figures import plot_r_by_roi, slice_mosaic
 from brainrecon.encoding.maps import save_map_nifti, to_volume
-from brainrecon.encoding.pca import fit_pca
+from brainrecon.encoding.pca import pca_scores
 from brainrecon.encoding.rois import roi_summary
 from brainrecon.features.encoding_spaces import FIGURE_NAMES, describe_space, format_strength
 from brainrecon.io import atomic_path
@@ -210,12 +211,11 @@ def fit_encoding(
 
         # ---- PCA on the training images (each once), projections of train and test images
         if n_components is not None and D > int(n_components):
+            # scores only: no k x D components, features read in column blocks (once when D > n)
             contiguous = np.array_equal(r_img, np.arange(ftr.shape[0]))
-            Ftr = ftr if contiguous else np.asarray(ftr[np.sort(r_img)], dtype=np.float32)[np.argsort(np.argsort(r_img))]
-            pca = fit_pca(Ftr, int(n_components), device=device, dtype=np.float32)
-            Str = pca.transform(Ftr)
-            Ste = pca.transform(fte)[r_te]
-            k, note = pca.n_components, pca.note
+            sc = pca_scores(ftr, fte, int(n_components), train_rows=None if contiguous else r_img, test_rows=r_te,
+                            device=device, dtype=np.float32)
+            Str, Ste, k, note = sc.train, sc.test, sc.n_components, sc.note
         else:
             Str = np.asarray(ftr[()], dtype=np.float32)[r_img]
             Ste = np.asarray(fte[()], dtype=np.float32)[r_te]
