@@ -7,12 +7,13 @@ STAMP  := $(VENV)/.installed-stamp
 CORES  ?= 2
 DEMO_CONFIG ?= config/demo.yaml
 
-.PHONY: venv demo test lint fmt dryrun clean-demo help
+.PHONY: venv demo test lint fmt dryrun unlock clean-demo help
 
 help:
 	@echo "make demo   - run the whole pipeline on the synthetic NSD with tiny random-weight models"
 	@echo "make test   - unit + workflow tests, snakemake --lint, snakefmt --check"
 	@echo "make dryrun - show the real-NSD DAG (config/config.yaml) without running it"
+	@echo "make unlock - release the lock a killed run left behind (then rerun: unfinished jobs restart)"
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,9 @@ fmt: $(STAMP)
 
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n --configfile config/config.yaml
+
+unlock: $(STAMP)
+	$(BIN)/snakemake --configfile $(DEMO_CONFIG) --unlock
 
 clean-demo:
 	rm -rf resources/demo results logs benchmarks
