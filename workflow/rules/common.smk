@@ -80,6 +80,12 @@ def model_dir(role):
     return f"{root}/{role}"
 
 
+def models_gpu(wildcards):
+    """The `gpu` resource of a job that runs the registry's models: 1 unless models.device is
+    "cpu" (a CPU run must not hold a GPU slot or land in a GPU partition)."""
+    return 0 if config["models"]["device"] == "cpu" else 1
+
+
 BRAINDIFFUSER_SPACES = ("vdvae", "clipvision", "cliptext")
 
 

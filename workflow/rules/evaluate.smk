@@ -48,7 +48,7 @@ rule evaluate_recon:
         "../../envs/base.yaml"
     threads: 4
     resources:
-        gpu=lambda wildcards: 0 if config["models"]["device"] == "cpu" else 1,
+        gpu=models_gpu,
         mem_mb=lambda wildcards, attempt: 32000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:

@@ -23,7 +23,7 @@ rule features:
         "../../envs/base.yaml"
     threads: 4
     resources:
-        gpu=lambda wildcards: 0 if config["models"]["device"] == "cpu" else 1,
+        gpu=models_gpu,
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=lambda wildcards, attempt: (
             240 if is_encoding_space(wildcards.space) else 120

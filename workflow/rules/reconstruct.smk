@@ -24,7 +24,7 @@ rule reconstruct_braindiffuser:
         "../../envs/base.yaml"
     threads: 4
     resources:
-        gpu=1,
+        gpu=models_gpu,
         mem_mb=lambda wildcards, attempt: 24000 * attempt,
         runtime=lambda wildcards, attempt: (
             60 if wildcards.variant == "only_vdvae" else 360
@@ -56,7 +56,7 @@ rule reconstruct_braindiffuser_roi:
         "../../envs/base.yaml"
     threads: 4
     resources:
-        gpu=1,
+        gpu=models_gpu,
         mem_mb=lambda wildcards, attempt: 24000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:

@@ -21,7 +21,7 @@ rule takagi_captions:
         "../../envs/base.yaml"
     threads: 4
     resources:
-        gpu=1,
+        gpu=models_gpu,
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
@@ -49,7 +49,7 @@ rule takagi_depth:
         "../../envs/base.yaml"
     threads: 4
     resources:
-        gpu=1,
+        gpu=models_gpu,
         mem_mb=lambda wildcards, attempt: 32000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
@@ -78,7 +78,7 @@ rule reconstruct_takagi:
         "../../envs/base.yaml"
     threads: 4
     resources:
-        gpu=1,
+        gpu=models_gpu,
         mem_mb=lambda wildcards, attempt: 24000 * attempt,
         runtime=lambda wildcards, attempt: 480 * attempt,
     params:
