@@ -111,6 +111,21 @@ class PCAModel:
         return out
 
 
+
+def _pca_args(n: int, d: int, n_components, rel_tol, dtype):
+    """Validate the PCA settings; return (components to keep, rank cap, rel_tol, torch dtype)."""
+    if n_components < 1:
+        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    if n < 2:
+        raise ValueError(f"PCA needs at least 2 training rows, got {n}")
+    if rel_tol is None:
+        rel_tol = 10 * max(n, d) * np.finfo(np.float64).eps
+    tdtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+    if not tdtype.is_floating_point:
+        raise ValueError(f"PCA dtype must be a float type, got {dtype!r}")
+    cap = min(n - 1, d)
+    return min(n_components, cap), cap, rel_tol, tdtype
+
 def fit_pca(
     train_feats,
     n_components: int = 6400,
@@ -143,17 +158,7 @@ def fit_pca(
     """
     n, d = _check_2d(train_feats, "training features")
     n_components = int(n_components)
-    if n_components < 1:
-        raise ValueError(f"n_components must be >= 1, got {n_components}")
-    if n < 2:
-        raise ValueError(f"PCA needs at least 2 training rows, got {n}")
-    if rel_tol is None:
-        rel_tol = 10 * max(n, d) * np.finfo(np.float64).eps
-    tdtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
-    if not tdtype.is_floating_point:
-        raise ValueError(f"PCA dtype must be a float type, got {dtype!r}")
-    cap = min(n - 1, d)
-    k_req = min(n_components, cap)
+    k_req, cap, rel_tol, tdtype = _pca_args(n, d, n_components, rel_tol, dtype)
 
     if d <= n:
         route = "covariance"
@@ -289,17 +294,7 @@ def pca_scores(
         return PCAScores(train=pca.transform(sel_tr, block_bytes=block_bytes), test=_take_rows(te, test_rows),
                          explained_variance=pca.explained_variance, route=pca.route, note=pca.note)
     n_components = int(n_components)
-    if n_components < 1:
-        raise ValueError(f"n_components must be >= 1, got {n_components}")
-    if n < 2:
-        raise ValueError(f"PCA needs at least 2 training rows, got {n}")
-    if rel_tol is None:
-        rel_tol = 10 * max(n, d) * np.finfo(np.float64).eps
-    tdtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
-    if not tdtype.is_floating_point:
-        raise ValueError(f"PCA dtype must be a float type, got {dtype!r}")
-    cap = min(n - 1, d)
-    k_req = min(n_components, cap)
+    k_req, cap, rel_tol, tdtype = _pca_args(n, d, n_components, rel_tol, dtype)
     m = m_all if test_rows is None else int(test_rows.size)
 
     step = max(1, min(d, block_bytes // (8 * max(n_all, m_all))))
