@@ -111,7 +111,6 @@ class PCAModel:
         return out
 
 
-
 def _pca_args(n: int, d: int, n_components, rel_tol, dtype):
     """Validate the PCA settings; return (components to keep, rank cap, rel_tol, torch dtype)."""
     if n_components < 1:
@@ -125,6 +124,7 @@ def _pca_args(n: int, d: int, n_components, rel_tol, dtype):
         raise ValueError(f"PCA dtype must be a float type, got {dtype!r}")
     cap = min(n - 1, d)
     return min(n_components, cap), cap, rel_tol, tdtype
+
 
 def fit_pca(
     train_feats,
