@@ -29,13 +29,8 @@ import scipy.io
 import yaml
 
 from brainrecon.nsd import layout
-from brainrecon.nsd.download import (
-    DownloadError,
-    download_coco_captions,
-    download_file,
-    download_nsd_key,
-    verify_file,
-)
+from brainrecon.fetch import DownloadError, download_file
+from brainrecon.nsd.download import download_coco_captions, download_nsd_key, verify_file
 from conftest import run_snakemake
 
 SUBJ = 1

@@ -24,7 +24,7 @@ from brainrecon.models import (
 from brainrecon.models import tiny as tiny_models
 from brainrecon.models.vdvae import VDVAE, VDVAEConfig, latent_dims
 from brainrecon.models.vdvae_role import CONFIG_FILE, VDVAE_FILE, VDVAE_URL
-from brainrecon.nsd.download import DownloadError
+from brainrecon.fetch import DownloadError
 from conftest import REPO, run_snakemake
 
 torch.set_num_threads(1)

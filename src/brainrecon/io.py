@@ -33,6 +33,12 @@ def _umask() -> int:
     return mask
 
 
+def default_file_mode() -> int:
+    """0o666 minus the process umask: what a plain ``open(..., "w")`` would create (the
+    temporaries of :func:`atomic_path` are 0600, too strict for a shared data mirror)."""
+    return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str | None = None):
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
@@ -51,7 +57,7 @@ def atomic_path(path, suffix: str | None = None):
     try:
         yield tmp
         if tmp.exists():
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+            os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -129,7 +129,7 @@ def fetch_eval_nets(folder, nets=TORCHVISION_NETS, *, retries: int = 5, backoff_
                     mirror: str | None = None) -> Path:
     """Download the pretrained weight files of ``nets`` into ``folder`` (all or nothing).
 
-    Each file goes through :func:`brainrecon.nsd.download.download_file` (retries, size checks,
+    Each file goes through :func:`brainrecon.fetch.download_file` (retries, size checks,
     atomic rename); torchvision files carry the first hex digits of their sha256 in their name
     (``alexnet-owt-7be5be79.pth``), which is checked as torch.hub does. With ``check_load`` every
     net is then built from the folder (:func:`~.nets.build_eval_net`, strict state-dict load), so
@@ -138,7 +138,7 @@ def fetch_eval_nets(folder, nets=TORCHVISION_NETS, *, retries: int = 5, backoff_
     mirror: optional base URL (``https://``, ``file://``) holding the same file names, used instead
     of the original hosts.
     """
-    from ..nsd.download import download_file
+    from ..fetch import download_file
 
     folder = Path(folder)
     files = eval_net_files(nets)

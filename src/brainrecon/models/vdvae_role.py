@@ -6,7 +6,7 @@ Folder layout (``model_dir("vdvae")`` of the workflow)::
     <folder>/vdvae_config.json                      tiny folder only: the VDVAEConfig fields it was built with
 
 The real folder holds only the official file, downloaded from :data:`VDVAE_URL` with
-:func:`brainrecon.nsd.download.download_file` (retries, resume, size check, atomic) and then checked
+:func:`brainrecon.fetch.download_file` (retries, resume, size check, atomic) and then checked
 structurally: every key and shape of the ImageNet64 model must be present (loaded memory-mapped, so the
 check costs no 500 MB copy). A folder without ``vdvae_config.json`` is read with the ImageNet64
 hyperparameters (:class:`VDVAEConfig` defaults); with it, with the hyperparameters it records.
@@ -133,7 +133,7 @@ def fetch(
     ``revision`` is accepted for the registry hook signature and must be ``None`` (the file has no
     versions). ``config``: the hyperparameters the file must match (default ImageNet64).
     """
-    from ..nsd.download import download_file
+    from ..fetch import download_file
 
     if revision is not None:
         raise ValueError(f"the VDVAE checkpoint has no revisions; got revision={revision!r}")
