@@ -8,7 +8,7 @@ with log_to(snakemake.log[0]):
     s = p.space_settings
     extra = None
     if p.roi_optimal:
-        from brainrecon.reconstruct.braindiffuser import roi_patterns
+        from brainrecon.nsd.rois import roi_patterns
 
         extra = {f"roi_{k}": v for k, v in roi_patterns(snakemake.input.prepared, p.roi_optimal).items()}
     fit_space(

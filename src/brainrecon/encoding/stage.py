@@ -49,7 +49,7 @@ from brainrecon.encoding.pca import pca_scores
 from brainrecon.encoding.rois import roi_summary
 from brainrecon.features.encoding_spaces import FIGURE_NAMES, describe_space, format_strength
 from brainrecon.io import atomic_path
-from brainrecon.nsd.layout import LABEL_TABLES
+from brainrecon.nsd.rois import label_table
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +94,6 @@ def image_folds(image_of_row: np.ndarray, cv: int) -> list[tuple[np.ndarray, np.
         val = np.isin(img, group)
         folds.append((rows[~val], rows[val]))
     return folds
-
-
-def _label_tables(prep: h5py.File, names: Sequence[str]) -> dict[str, dict[int, str]]:
-    out = {}
-    for name in names:
-        table = dict(LABEL_TABLES.get(name, {}))
-        ds = prep[f"rois/{name}"]
-        if "labels_json" in ds.attrs:
-            table = {int(k): str(v) for k, v in json.loads(ds.attrs["labels_json"]).items()}
-        table = {k: v for k, v in table.items() if k > 0}  # 0 = outside the ROI ("Unknown"), -1 = invalid
-        if not table:
-            raise ValueError(f"{prep.filename}: ROI {name!r} has no label table")
-        out[name] = table
-    return out
 
 
 def _volume_geometry(prep: h5py.File) -> tuple[np.ndarray, tuple[int, int, int], np.ndarray]:
@@ -229,7 +215,7 @@ def fit_encoding(
                                 q=q, standardize_X=standardize_X, target_batch=int(target_batch),
                                 progress=progress)
         rois = {n: np.asarray(prep[f"rois/{n}"][()]) for n in roi_files}
-        tables = _label_tables(prep, roi_files)
+        tables = {n: label_table(prep, n) for n in roi_files}
 
     attrs = dict(space=space, subject=subject, voxel_set=voxel_set, volume_shape=np.asarray(shape, np.int64),
                  affine=affine, n_components_requested=-1 if n_components is None else int(n_components),

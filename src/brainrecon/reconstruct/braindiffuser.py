@@ -104,7 +104,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..nsd.layout import LABEL_TABLES
+from ..nsd.rois import ROI_DEFINITIONS, roi_patterns  # noqa: F401  (roi_patterns re-exported)
 from .common import (  # noqa: F401  (subject_code, derive_seed, upsample re-exported)
     BatchOutputs,
     SettingsMapping,
@@ -117,7 +117,6 @@ from .common import (  # noqa: F401  (subject_code, derive_seed, upsample re-exp
 )
 from .variants import (  # noqa: F401  (re-exported)
     METHOD,
-    ROI_DEFINITIONS,
     SPACES,
     VARIANTS,
     VariantSpec,
@@ -551,51 +550,6 @@ def reconstruct_subject(variant: str, subject, regression: Mapping[str, str], ou
 
 
 # ----------------------------------------------------------------------------- ROI-optimal
-def roi_label_table(prepared: h5py.File, roi_file: str) -> dict[str, int]:
-    """{label name: value} of ``rois/<roi_file>``: :data:`LABEL_TABLES`, overridden by the
-    file's own ctab labels (``labels_json`` attribute) when present."""
-    key = f"rois/{roi_file}"
-    if key not in prepared:
-        have = sorted(prepared["rois"]) if "rois" in prepared else []
-        raise KeyError(f"{prepared.filename}: no {key!r} (ROI label vectors present: {have})")
-    table = {name: int(v) for v, name in LABEL_TABLES.get(roi_file, {}).items()}
-    raw = prepared[key].attrs.get("labels_json")
-    if raw is not None:
-        table.update({name: int(v) for v, name in json.loads(raw).items()})
-    return table
-
-
-def roi_patterns(prepared_h5, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """ROI-optimal synthetic patterns: ``{name: (1, V) float32}``, 1 on the ROI's voxels, 0 elsewhere.
-
-    prepared_h5: ``results/prepared/<voxels>/subjXX.h5`` (V = its voxels, already the
-    voxel set ∩ brain, in the z-scored space); names: keys of :data:`ROI_DEFINITIONS`
-    (V1 = V1v ∪ V1d, V2, V3, V4 = hV4, face, word, place, body, ecc0pt5 … ecc4+). Label
-    values come from the file's ctab labels (or :data:`LABEL_TABLES`); -1 (invalid) and 0
-    are never in a ROI. An empty ROI is an error naming the file and the labels.
-    """
-    names = list(names)
-    unknown = [n for n in names if n not in ROI_DEFINITIONS]
-    if unknown:
-        raise ValueError(f"unknown ROI-optimal pattern(s) {unknown}; known: {list(ROI_DEFINITIONS)}")
-    out = {}
-    with h5py.File(prepared_h5, "r") as f:
-        for name in names:
-            roi_file, labels = ROI_DEFINITIONS[name]
-            table = roi_label_table(f, roi_file)
-            missing = [lab for lab in labels if lab not in table]
-            if missing:
-                raise ValueError(f"{prepared_h5}: rois/{roi_file} has no label(s) {missing} (labels: {sorted(table)})")
-            values = f[f"rois/{roi_file}"][:]
-            mask = np.isin(values, [table[lab] for lab in labels])
-            if not mask.any():
-                raise ValueError(
-                    f"{prepared_h5}: ROI {name!r} ({roi_file} labels {list(labels)}) has no voxel in this voxel set"
-                )
-            out[name] = mask.astype(np.float32)[None, :]
-    return out
-
-
 def mean_row_norm(features_paths: Sequence, split: str = "train", chunk_rows: int = 256) -> float:
     """Mean euclidean norm of the ``{split}/features`` rows of the given features files.
 
@@ -693,6 +647,6 @@ __all__ = [
     "variant_settings", "num_denoising_steps", "subject_code", "derive_seed", "image_seed",
     "decode_stage1", "upsample", "run_stage2", "Reconstruction",
     "reconstruct", "reconstruct_to_files", "read_prediction_file", "load_models", "reconstruct_subject",
-    "roi_label_table", "roi_patterns", "mean_row_norm", "rms_norm_from_moments", "renormalise",
+    "roi_patterns", "mean_row_norm", "rms_norm_from_moments", "renormalise",
     "reconstruct_rois",
 ]

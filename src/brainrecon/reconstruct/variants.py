@@ -17,24 +17,6 @@ VARIANTS = ("full", "only_vdvae", "no_vdvae", "no_text", "no_vision")
 #: regression spaces of Brain-Diffuser
 SPACES = ("vdvae", "clipvision", "cliptext")
 
-#: ROI-optimal patterns: name -> (prepared ``rois/<file>``, label names united) (SPEC §3)
-ROI_DEFINITIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "V1": ("prf-visualrois", ("V1v", "V1d")),
-    "V2": ("prf-visualrois", ("V2v", "V2d")),
-    "V3": ("prf-visualrois", ("V3v", "V3d")),
-    "V4": ("prf-visualrois", ("hV4",)),
-    "face": ("floc-faces", ("OFA", "FFA-1", "FFA-2", "mTL-faces", "aTL-faces")),
-    "word": ("floc-words", ("OWFA", "VWFA-1", "VWFA-2", "mfs-words", "mTL-words")),
-    "place": ("floc-places", ("OPA", "PPA", "RSC")),
-    "body": ("floc-bodies", ("EBA", "FBA-1", "FBA-2", "mTL-bodies")),
-    "ecc0pt5": ("prf-eccrois", ("ecc0pt5",)),
-    "ecc1": ("prf-eccrois", ("ecc1",)),
-    "ecc2": ("prf-eccrois", ("ecc2",)),
-    "ecc4": ("prf-eccrois", ("ecc4",)),
-    "ecc4+": ("prf-eccrois", ("ecc4+",)),
-}
-
-
 @dataclass(frozen=True)
 class VariantSpec:
     """What a variant runs.
@@ -122,5 +104,5 @@ def num_denoising_steps(steps: int, strength: float) -> int:
     return int(float(strength) * int(steps))
 
 
-__all__ = ["METHOD", "VARIANTS", "SPACES", "ROI_DEFINITIONS", "VariantSpec", "variant_spec", "variant_settings",
+__all__ = ["METHOD", "VARIANTS", "SPACES", "VariantSpec", "variant_spec", "variant_settings",
            "roi_settings", "num_denoising_steps"]

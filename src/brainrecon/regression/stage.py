@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from brainrecon.io import atomic_path
-from brainrecon.nsd.layout import LABEL_TABLES
+from brainrecon.nsd.rois import union_mask
 from brainrecon.regression.pipeline import ridge_predict_test
 
 log = logging.getLogger(__name__)
@@ -59,29 +59,13 @@ class H5Rows:
 
 
 def select_voxels(prepared: h5py.File, voxels) -> np.ndarray:
-    """Boolean mask over the prepared voxels: ``"all"`` or ``{roi file: [label names]}`` (union)."""
-    n = prepared["voxels/ijk"].shape[0]
+    """Boolean mask over the prepared voxels: ``"all"`` or ``{roi file: [label names]}`` (union,
+    :func:`brainrecon.nsd.rois.union_mask`)."""
     if voxels in (None, "all"):
-        return np.ones(n, dtype=bool)
+        return np.ones(prepared["voxels/ijk"].shape[0], dtype=bool)
     if not isinstance(voxels, dict) or not voxels:
         raise ValueError(f"voxels must be 'all' or {{roi file: [labels]}}, got {voxels!r}")
-    mask = np.zeros(n, dtype=bool)
-    for roi_file, names in voxels.items():
-        key = f"rois/{roi_file}"
-        if key not in prepared:
-            raise KeyError(f"{prepared.filename}: no ROI {roi_file!r} (have: {sorted(prepared['rois'])})")
-        labels = prepared[key][:]
-        table = {v: k for k, v in LABEL_TABLES.get(roi_file, {}).items()}
-        ds = prepared[key]
-        if "labels_json" in ds.attrs:
-            table.update({v: int(k) for k, v in json.loads(ds.attrs["labels_json"]).items()})
-        for name in names:
-            if name not in table:
-                raise ValueError(f"ROI {roi_file!r} has no label {name!r}; labels: {sorted(table)}")
-            mask |= labels == table[name]
-    if not mask.any():
-        raise ValueError(f"{prepared.filename}: voxel selection {voxels!r} is empty")
-    return mask
+    return union_mask(prepared, voxels)
 
 
 def _rows_for(ids: np.ndarray, feat_ids: np.ndarray, where: str) -> np.ndarray:
