@@ -23,7 +23,7 @@ from brainrecon.models import load_model, prepare_model
 from brainrecon.models.vd import dual_blocks
 from brainrecon.models.vdvae import VDVAE, VDVAEConfig, latent_dims
 from brainrecon.reconstruct import braindiffuser as bd
-from brainrecon.reconstruct.img2img import make_generators, random_latents
+from brainrecon.models.diffusion import make_generators, random_latents
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]

@@ -290,7 +290,7 @@ def _images(s, n):
 def test_unet_extractor_hooks_named_block_at_named_step(small, sd_parts):
     from brainrecon.features.extractors import _resize_unit, image_generators
     from brainrecon.models.sd import sd_unconditional
-    from brainrecon.reconstruct.img2img import sd_img2img
+    from brainrecon.models.diffusion import Sampler, sd_img2img
 
     ids, images = _images(small, 3)
     kw = dict(unet_strength=0.8, num_inference_steps=5, guidance_scale=5.0, seed=0, image_size=32,
@@ -301,8 +301,8 @@ def test_unet_extractor_hooks_named_block_at_named_step(small, sd_parts):
     c = torch.from_numpy(es.CTable(small["sdc"]).rows(ids))
     try:
         sd_img2img(sd_parts, _resize_unit(images, 32), c, uncond=sd_unconditional(sd_parts),
-                   generator=image_generators(0, ids), num_inference_steps=5, strength=0.8, guidance_scale=5.0,
-                   sample_init=False, progress=False)
+                   generator=image_generators(0, ids),
+                   sampler=Sampler(steps=5, strength=0.8, guidance_scale=5.0, eta=0.0, posterior="mean"))
     finally:
         h.remove()
     assert len(rec) == 4 and rec[0].shape[0] == 6  # [uncond; cond] of 3 images per call

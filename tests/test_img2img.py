@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from brainrecon.models.registry import build_tiny, load_role
-from brainrecon.reconstruct.img2img import (
+from brainrecon.models.diffusion import (
+    Pipe,
+    Sampler,
     img2img,
     make_generators,
     random_latents,
@@ -20,6 +22,15 @@ from brainrecon.reconstruct.img2img import (
 )
 
 torch.set_num_threads(1)
+
+
+def S(steps=50, strength=0.75, guidance_scale=7.5, eta=0.0, posterior="sample"):
+    """A Sampler for these tests (the methods pass theirs from the config)."""
+    return Sampler(steps=steps, strength=strength, guidance_scale=guidance_scale, eta=eta, posterior=posterior)
+
+
+def pipe(parts, unet=None):
+    return Pipe(unet if unet is not None else parts.unet, parts.vae, parts.scheduler)
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +95,7 @@ def _grid(n):
 def test_vd_strength_075_of_50_runs_37_unet_calls(vd, vd_inputs):
     init, text, image = vd_inputs
     with CallRecorder(vd.image_unet) as rec:
-        res = vd_img2img(vd, init, text, image, generator=[0, 1], num_inference_steps=50, strength=0.75,
-                         guidance_scale=7.5, progress=False)
+        res = vd_img2img(vd, init, text, image, mix_ratio=0.4, generator=[0, 1], sampler=S(50, 0.75, 7.5))
     assert len(rec.calls) == 37 == res.num_steps
     # cond and uncond in one call: batch 2B, dual context = 77 text + 17 image tokens
     assert all(c[0] == (4, 4, 8, 8) and c[1] == (4, 94, 32) for c in rec.calls)
@@ -102,14 +112,12 @@ def test_sd_strength_08_of_50_runs_40_unet_calls(sd):
     init = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     text = encode_sd_text(["a cat"], sd.text_encoder, sd.tokenizer)
     with CallRecorder(sd.unet) as rec:
-        res = sd_img2img(sd, init, text, generator=[7], num_inference_steps=50, strength=0.8, guidance_scale=5.0,
-                         progress=False)
+        res = sd_img2img(sd, init, text, generator=[7], sampler=S(50, 0.8, 5.0))
     assert len(rec.calls) == 40 == res.num_steps
     assert [c[2] for c in rec.calls] == _grid(50)[-40:] and res.timesteps[0] == 781
     assert rec.calls[0][1] == (2, 77, 32)
     assert res.images.shape == (1, 3, 32, 32)
-    again = sd_img2img(sd, init, text, generator=[7], num_inference_steps=50, strength=0.8, guidance_scale=5.0,
-                       progress=False)
+    again = sd_img2img(sd, init, text, generator=[7], sampler=S(50, 0.8, 5.0))
     assert torch.equal(res.images, again.images)
     assert len(to_pil(res.images)) == 1 and to_pil(res.images)[0].size == (32, 32)
 
@@ -119,8 +127,7 @@ def test_step_truncation_is_int_of_strength_times_steps(sd, steps, strength, exp
     init = torch.zeros(1, 3, 32, 32)
     ctx = torch.zeros(1, 77, 32)
     with CallRecorder(sd.unet) as rec:
-        res = img2img(sd.unet, sd.vae, sd.scheduler, init, ctx, generator=[0], num_inference_steps=steps,
-                      strength=strength, guidance_scale=1.0, progress=False)
+        res = img2img(pipe(sd), init, ctx, generator=[0], sampler=S(steps, strength, 1.0))
     assert len(rec.calls) == res.num_steps == expected
     if expected:
         assert res.timesteps == _grid(steps)[-expected:]
@@ -129,7 +136,7 @@ def test_step_truncation_is_int_of_strength_times_steps(sd, steps, strength, exp
 # ----------------------------------------------------------------------------- determinism
 def test_same_seed_same_images_different_seed_differs(vd, vd_inputs):
     init, text, image = vd_inputs
-    kw = dict(num_inference_steps=10, strength=0.5, progress=False)
+    kw = dict(mix_ratio=0.4, sampler=S(10, 0.5))
     a = vd_img2img(vd, init, text, image, generator=[3, 4], **kw)
     b = vd_img2img(vd, init, text, image, generator=make_generators([3, 4]), **kw)
     c = vd_img2img(vd, init, text, image, generator=[3, 5], **kw)
@@ -141,7 +148,7 @@ def test_same_seed_same_images_different_seed_differs(vd, vd_inputs):
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_batch_equals_single_runs(vd, vd_inputs, eta):
     init, text, image = vd_inputs
-    kw = dict(num_inference_steps=10, strength=0.6, eta=eta, progress=False)
+    kw = dict(mix_ratio=0.4, sampler=S(10, 0.6, eta=eta))
     both = vd_img2img(vd, init, text, image, generator=[21, 22], **kw)
     for i, seed in enumerate([21, 22]):
         one = vd_img2img(vd, init[i:i + 1], text[i:i + 1], image[i:i + 1], generator=[seed], **kw)
@@ -151,10 +158,10 @@ def test_batch_equals_single_runs(vd, vd_inputs, eta):
 
 def test_eta_adds_seeded_step_noise(vd, vd_inputs):
     init, text, image = vd_inputs
-    kw = dict(num_inference_steps=10, strength=0.6, progress=False)
-    e0 = vd_img2img(vd, init, text, image, generator=[1, 2], eta=0.0, **kw)
-    e1 = vd_img2img(vd, init, text, image, generator=[1, 2], eta=1.0, **kw)
-    e1b = vd_img2img(vd, init, text, image, generator=[1, 2], eta=1.0, **kw)
+    kw = dict(mix_ratio=0.4)
+    e0 = vd_img2img(vd, init, text, image, generator=[1, 2], sampler=S(10, 0.6, eta=0.0), **kw)
+    e1 = vd_img2img(vd, init, text, image, generator=[1, 2], sampler=S(10, 0.6, eta=1.0), **kw)
+    e1b = vd_img2img(vd, init, text, image, generator=[1, 2], sampler=S(10, 0.6, eta=1.0), **kw)
     assert torch.equal(e1.latents, e1b.latents)
     assert (e0.latents - e1.latents).abs().max() > 1e-3
 
@@ -164,8 +171,8 @@ def test_init_is_noised_to_the_first_kept_timestep(sd):
     """With eps == 0 DDIM rescales: final = sqrt(a_end) * (z0 + sqrt((1 - a_s) / a_s) * noise)."""
     stub = StubUNet(lambda x, ctx: torch.zeros_like(x))
     init = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(9)) * 2 - 1
-    res = img2img(stub, sd.vae, sd.scheduler, init, torch.zeros(1, 77, 32), torch.zeros(1, 77, 32),
-                  generator=[5, 6], num_inference_steps=50, strength=0.75, progress=False)
+    res = img2img(pipe(sd, stub), init, torch.zeros(1, 77, 32), torch.zeros(1, 77, 32), generator=[5, 6],
+                  sampler=S(50, 0.75))
     # the same draws, in the loop's order: posterior sample, then the forward-diffusion noise
     gens = make_generators([5, 6])
     z0 = vae_encode(sd.vae, init, gens)
@@ -181,11 +188,11 @@ def test_init_is_noised_to_the_first_kept_timestep(sd):
 def test_init_latents_start_the_same_schedule_as_encoded_images(sd):
     """Given latents z0 replace VAE encoding only: same noising to t1, same steps, same result."""
     init = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(7)) * 2 - 1
-    kw = dict(num_inference_steps=10, strength=0.6, guidance_scale=3.0, progress=False)
+    kw = dict(sampler=S(10, 0.6, 3.0, posterior="mean"))
     ctx, unc = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1)), torch.zeros(1, 77, 32)
-    encoded = img2img(sd.unet, sd.vae, sd.scheduler, init, ctx, unc, generator=[3, 4], sample_init=False, **kw)
+    encoded = img2img(pipe(sd), init, ctx, unc, generator=[3, 4], **kw)
     z0 = vae_encode(sd.vae, init, sample=False)
-    given = img2img(sd.unet, sd.vae, sd.scheduler, None, ctx, unc, generator=[3, 4], init_latents=z0, **kw)
+    given = img2img(pipe(sd), None, ctx, unc, generator=[3, 4], init_latents=z0, **kw)
     assert given.num_steps == encoded.num_steps == 6 and given.timesteps == encoded.timesteps
     assert torch.allclose(given.latents, encoded.latents, atol=1e-5)
     # random standard-normal latents: the loop's first draw is the noise to t1, after z0's draw
@@ -194,8 +201,7 @@ def test_init_latents_start_the_same_schedule_as_encoded_images(sd):
     ref = torch.stack([torch.randn(tuple(z.shape[1:]), generator=g) for g in make_generators([5, 6])])
     assert z.shape == (2, 4, 8, 8) and torch.equal(z, ref)
     stub = StubUNet(lambda x, c: torch.zeros_like(x))
-    res = img2img(stub, sd.vae, sd.scheduler, None, ctx, None, generator=gens, init_latents=z,
-                  num_inference_steps=50, strength=0.75, guidance_scale=1.0, progress=False)
+    res = img2img(pipe(sd, stub), None, ctx, None, generator=gens, init_latents=z, sampler=S(50, 0.75, 1.0))
     again = make_generators([5, 6])
     z_ref = torch.stack([torch.randn(tuple(z.shape[1:]), generator=g) for g in again])
     noise = torch.stack([torch.randn(tuple(z.shape[1:]), generator=g) for g in again])
@@ -203,9 +209,9 @@ def test_init_latents_start_the_same_schedule_as_encoded_images(sd):
     expected = alphas[0].sqrt() * (z_ref.double() + ((1 - alphas[721]) / alphas[721]).sqrt() * noise.double())
     assert torch.allclose(res.latents.double(), expected, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="not both"):
-        img2img(sd.unet, sd.vae, sd.scheduler, init, ctx, unc, generator=[3, 4], init_latents=z0, **kw)
+        img2img(pipe(sd), init, ctx, unc, generator=[3, 4], init_latents=z0, **kw)
     with pytest.raises(ValueError, match="init_latents must be"):
-        img2img(sd.unet, sd.vae, sd.scheduler, None, ctx, unc, generator=[3, 4], init_latents=z0[:, :2], **kw)
+        img2img(pipe(sd), None, ctx, unc, generator=[3, 4], init_latents=z0[:, :2], **kw)
 
 
 def test_classifier_free_guidance_combination_and_order(sd):
@@ -213,21 +219,21 @@ def test_classifier_free_guidance_combination_and_order(sd):
     stub = StubUNet(lambda x, ctx: ctx[:, :1, :1, None].expand(-1, x.shape[1], x.shape[2], x.shape[3]) * 0.1)
     init = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     u, c, g = 0.3, -0.5, 4.0
-    kw = dict(generator=[0], num_inference_steps=10, strength=0.7, progress=False)
-    cfg = img2img(stub, sd.vae, sd.scheduler, init, torch.full((1, 77, 32), c), torch.full((1, 77, 32), u),
-                  guidance_scale=g, **kw)
+    kw = dict(generator=[0])
+    cfg = img2img(pipe(sd, stub), init, torch.full((1, 77, 32), c), torch.full((1, 77, 32), u),
+                  sampler=S(10, 0.7, g), **kw)
     assert stub.inputs[0][0] == 2  # one call on [uncond; cond]
     stub.inputs.clear()
-    direct = img2img(stub, sd.vae, sd.scheduler, init, torch.full((1, 77, 32), u + g * (c - u)), None,
-                     guidance_scale=1.0, **kw)
+    direct = img2img(pipe(sd, stub), init, torch.full((1, 77, 32), u + g * (c - u)), None,
+                     sampler=S(10, 0.7, 1.0), **kw)
     assert stub.inputs[0][0] == 1  # no guidance: conditional branch only
     assert torch.allclose(cfg.latents, direct.latents, atol=1e-5)
 
 
 def test_strength_zero_is_vae_roundtrip(sd):
     init = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
-    res = img2img(sd.unet, sd.vae, sd.scheduler, init, torch.zeros(1, 77, 32), torch.zeros(1, 77, 32),
-                  generator=[1, 2], strength=0.0, progress=False)
+    res = img2img(pipe(sd), init, torch.zeros(1, 77, 32), torch.zeros(1, 77, 32), generator=[1, 2],
+                  sampler=S(50, 0.0))
     ref = vae_decode(sd.vae, vae_encode(sd.vae, init, make_generators([1, 2])))
     assert res.num_steps == 0 and torch.allclose(res.images, ref, atol=1e-6)
 
@@ -237,10 +243,10 @@ def test_pil_init_equals_tensor_init(sd):
     from PIL import Image
 
     pil = Image.fromarray(u8[0].permute(1, 2, 0).numpy())
-    kw = dict(generator=[3], num_inference_steps=10, strength=0.5, guidance_scale=1.0, progress=False)
+    kw = dict(generator=[3], sampler=S(10, 0.5, 1.0))
     ctx = torch.zeros(1, 77, 32)
-    a = img2img(sd.unet, sd.vae, sd.scheduler, pil, ctx, **kw)
-    b = img2img(sd.unet, sd.vae, sd.scheduler, u8.float() / 127.5 - 1, ctx, **kw)
+    a = img2img(pipe(sd), pil, ctx, **kw)
+    b = img2img(pipe(sd), u8.float() / 127.5 - 1, ctx, **kw)
     assert torch.allclose(a.images, b.images, atol=1e-5)
 
 
@@ -253,19 +259,18 @@ def test_extra_latent_channels_are_concatenated(sd):
 
     stub = StubUNet(fn)
     depth = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    img2img(stub, sd.vae, sd.scheduler, torch.zeros(2, 3, 32, 32), torch.zeros(2, 77, 32),
-            torch.zeros(1, 77, 32), generator=[0, 1], num_inference_steps=10, strength=0.3,
-            extra_latent_channels=depth, progress=False)
+    img2img(pipe(sd, stub), torch.zeros(2, 3, 32, 32), torch.zeros(2, 77, 32), torch.zeros(1, 77, 32),
+            generator=[0, 1], sampler=S(10, 0.3), extra_latent_channels=depth)
     assert len(seen) == 3 and seen[0].shape == (4, 1, 8, 8)
     assert torch.equal(seen[0], depth.expand(4, 1, 8, 8))
 
 
 def test_mix_ratio_changes_vd_result(vd, vd_inputs):
     init, text, image = vd_inputs
-    kw = dict(generator=[0, 1], num_inference_steps=10, strength=0.6, progress=False)
+    kw = dict(generator=[0, 1], sampler=S(10, 0.6))
     a = vd_img2img(vd, init, text, image, mix_ratio=0.0, **kw)
     b = vd_img2img(vd, init, text, image, mix_ratio=1.0, **kw)
-    c = vd_img2img(vd, init, text, image, **kw)  # default 0.4 restored
+    c = vd_img2img(vd, init, text, image, mix_ratio=0.4, **kw)  # each run sets its own mix
     assert (a.latents - b.latents).abs().max() > 1e-3
     from brainrecon.models.vd import dual_blocks
 
@@ -278,16 +283,18 @@ def test_bad_inputs_are_rejected(vd, vd_inputs, sd):
     init, text, image = vd_inputs
     ctx = torch.zeros(1, 77, 32)
     with pytest.raises(ValueError, match="generator"):
-        img2img(sd.unet, sd.vae, sd.scheduler, init, ctx, ctx, generator=None)
+        img2img(pipe(sd), init, ctx, ctx, generator=None, sampler=S())
     with pytest.raises(ValueError, match="one per image"):
-        img2img(sd.unet, sd.vae, sd.scheduler, init, ctx, ctx, generator=[1])
+        img2img(pipe(sd), init, ctx, ctx, generator=[1], sampler=S())
     with pytest.raises(ValueError, match="uncond"):
-        img2img(sd.unet, sd.vae, sd.scheduler, init, ctx, None, generator=[1, 2], guidance_scale=5.0)
+        img2img(pipe(sd), init, ctx, None, generator=[1, 2], sampler=S(guidance_scale=5.0))
     with pytest.raises(ValueError, match="strength"):
-        img2img(sd.unet, sd.vae, sd.scheduler, init, ctx, ctx, generator=[1, 2], strength=1.5)
+        S(strength=1.5)
+    with pytest.raises(ValueError, match="posterior"):
+        S(posterior="mode")
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
-        img2img(sd.unet, sd.vae, sd.scheduler, init * 3, ctx, ctx, generator=[1, 2])
+        img2img(pipe(sd), init * 3, ctx, ctx, generator=[1, 2], sampler=S())
     with pytest.raises(ValueError, match="batch size 3"):
-        img2img(sd.unet, sd.vae, sd.scheduler, init, torch.zeros(3, 77, 32), ctx, generator=[1, 2])
+        img2img(pipe(sd), init, torch.zeros(3, 77, 32), ctx, generator=[1, 2], sampler=S())
     with pytest.raises(ValueError, match="17 image tokens"):
-        vd_img2img(vd, init, text, image[:, :10], generator=[1, 2])
+        vd_img2img(vd, init, text, image[:, :10], mix_ratio=0.4, generator=[1, 2], sampler=S())

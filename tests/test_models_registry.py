@@ -452,9 +452,9 @@ def test_vdvae_role_tiny_roundtrip_and_real_layout(tmp_path):
     from brainrecon.models.vdvae_role import VDVAE_FILE
 
     spec = get_role("vdvae")  # the role's hooks are vdvae_role's (verified download)
-    assert {spec.fetch, spec.write_tiny, spec.load} == {
-        "brainrecon.models.vdvae_role:fetch", "brainrecon.models.vdvae_role:write_tiny",
-        "brainrecon.models.vdvae_role:load"}
+    from brainrecon.models import vdvae_role
+
+    assert (spec.fetch, spec.write_tiny, spec.load) == (vdvae_role.fetch, vdvae_role.write_tiny, vdvae_role.load)
 
     folder = build_tiny("vdvae", tmp_path / "vdvae", seed=3)
     assert sorted(p.name for p in folder.iterdir()) == sorted([VDVAE_FILE, "vdvae_config.json"])
@@ -525,7 +525,9 @@ def test_prepare_role_options_go_to_the_fetcher(tmp_path, monkeypatch):
         seen.update(options, revision=revision)
         vdvae_role.write_tiny(folder, seed=0)
 
-    monkeypatch.setattr(vdvae_role, "fetch", fake_fetch)
+    import dataclasses
+
+    monkeypatch.setitem(registry.ROLES, "vdvae", dataclasses.replace(registry.ROLES["vdvae"], fetch=fake_fetch))
     dest = prepare_role("vdvae", tmp_path / "models" / "vdvae", "pretrained", url="file:///x", retries=0)
     assert seen == {"url": "file:///x", "retries": 0, "revision": None}
     assert sorted(p.name for p in dest.iterdir()) == sorted([vdvae_role.VDVAE_FILE, vdvae_role.CONFIG_FILE])

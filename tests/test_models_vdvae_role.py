@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from brainrecon.models import (
-    HF_ROLES,
     MODEL_ROLES,
     load_model,
     prepare_model,
@@ -191,10 +190,13 @@ def test_resolve_device_and_dtype():
 
 
 def test_model_roles_match_registry():
+    from brainrecon.models.plan import ROLE_SOURCES
     from brainrecon.models.registry import ROLES
 
-    assert set(MODEL_ROLES) == set(ROLES)
-    assert set(HF_ROLES) == {name for name, spec in ROLES.items() if spec.components}
+    assert tuple(ROLES) == MODEL_ROLES
+    assert all(ROLES[r].repo_id == ROLE_SOURCES[r] for r in MODEL_ROLES)
+    # every role but VDVAE (one official .th file) is a Hugging Face repository with components
+    assert {name for name, spec in ROLES.items() if not spec.components} == {"vdvae"}
 
 
 @pytest.mark.parametrize("role,builder,component", [

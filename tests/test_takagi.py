@@ -121,7 +121,7 @@ def test_fetch_selects_tokenizer_and_processor_files():
 
 # ----------------------------------------------------------------------------- X_z and steps
 def test_decode_z_is_the_vae_decoding_resized(models, preds):
-    from brainrecon.reconstruct.img2img import vae_decode
+    from brainrecon.models.diffusion import vae_decode
 
     out = T.decode_z(models["sd"].vae, preds["z"][:1], 48)
     assert out.shape == (1, 48, 48, 3) and out.dtype == np.uint8

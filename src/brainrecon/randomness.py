@@ -1,6 +1,6 @@
 """Per-row random draws: row i of a batch from generator i (batch-independent, device-independent).
 
-Used by the img2img loop (:mod:`brainrecon.reconstruct.img2img`: posterior samples, init
+Used by the img2img loop (:mod:`brainrecon.models.diffusion`: posterior samples, init
 noise, DDIM noise) and the VDVAE (:mod:`brainrecon.models.vdvae`: prior/posterior noise,
 DMoL sampling), so that an image's numbers do not depend on the other images of its batch
 nor on the device the model runs on.

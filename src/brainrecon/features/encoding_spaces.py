@@ -9,7 +9,7 @@ The encoding analysis (:mod:`brainrecon.encoding.stage`) predicts voxel response
 * **zc at noise level s** — space ``zc_s<s>`` (e.g. ``zc_s0.4``): the image's z (the same
   preprocessing as ``sdz``: PIL Lanczos resize to ``image_size`` px, VAE posterior **mean** ×
   scaling factor) is put through the shared img2img loop
-  (:func:`brainrecon.reconstruct.img2img.sd_img2img`) conditioned on the image's own c (its row
+  (:func:`brainrecon.models.diffusion.sd_img2img`) conditioned on the image's own c (its row
   of the ``sdc`` features file) with strength s: DDIM grid of ``num_inference_steps``, z noised to
   the first kept timestep, then ``int(s · num_inference_steps)`` denoising steps with
   classifier-free guidance ``guidance_scale`` against the empty prompt, ``eta``. The feature is the
@@ -450,16 +450,15 @@ class _Img2ImgExtractor:
     def run(self, nsd_ids, images):
         import torch
 
-        from ..reconstruct.img2img import sd_img2img
+        from ..models.diffusion import Sampler, sd_img2img
         from .extractors import _resize_unit, image_generators
 
         x = _resize_unit(images, self.size)
         c = torch.from_numpy(self.c_table.rows(nsd_ids))
-        return sd_img2img(
-            self.parts, x, c, uncond=self.uncond(), generator=image_generators(self.seed, nsd_ids),
-            num_inference_steps=self.steps, strength=self.strength, guidance_scale=self.guidance, eta=self.eta,
-            progress=False, sample_init=False,
-        )
+        sampler = Sampler(steps=self.steps, strength=self.strength, guidance_scale=self.guidance, eta=self.eta,
+                          posterior="mean")
+        return sd_img2img(self.parts, x, c, uncond=self.uncond(), generator=image_generators(self.seed, nsd_ids),
+                          sampler=sampler)
 
 
 class ZcExtractor(_Img2ImgExtractor):

@@ -157,7 +157,7 @@ def _resize_unit(images, size: int) -> torch.Tensor:
 
 
 def setup_sdz(parts, sdz_size: int = 320):
-    from ..reconstruct.img2img import vae_encode
+    from ..models.diffusion import vae_encode
 
     size = int(sdz_size)
     if size < 8:

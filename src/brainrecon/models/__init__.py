@@ -1,8 +1,9 @@
 """brainrecon.models: pretrained models by *role*, real weights or tiny random-weight stand-ins.
 
-Roles (:data:`MODEL_ROLES`): ``vd`` (Versatile Diffusion), ``clip`` (CLIP ViT-L/14), ``sd`` (Stable
-Diffusion v1-4) — Hugging Face repositories handled by :mod:`brainrecon.models.registry` — and ``vdvae``
-(the official VDVAE ImageNet64 checkpoint, :mod:`brainrecon.models.vdvae_role`).
+Roles (:data:`MODEL_ROLES`, named with their weight sources in :mod:`brainrecon.models.plan`): ``vd``
+(Versatile Diffusion), ``clip`` (CLIP ViT-L/14), ``sd`` (Stable Diffusion v1-4), ``blip``, ``dpt`` and
+``sd2_depth`` (Takagi +T/+D) — Hugging Face repositories — and ``vdvae`` (the official VDVAE ImageNet64
+checkpoint). :mod:`brainrecon.models.registry` implements them.
 
 The workflow's entry points (docs/DATA_PRODUCTS.md, "models"):
 
@@ -13,9 +14,8 @@ The workflow's entry points (docs/DATA_PRODUCTS.md, "models"):
 - :func:`resolve_device` / :func:`resolve_dtype`: the config's ``models.device`` / ``models.dtype``
   as torch objects (CPU always computes in float32).
 
-Importing this package is cheap (no torch): the Snakefile reads :data:`MODEL_ROLES`. The registry's
-names (``ROLES``, ``Components``, ``load_role``, ``build_tiny``, ...) are importable from here too and
-load on first use.
+Importing this package is cheap (no torch). The registry's names (``ROLES``, ``Components``,
+``load_role``, ``build_tiny``, ...) are importable from here too and load on first use.
 """
 
 from __future__ import annotations
@@ -25,24 +25,17 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .plan import DEVICES, DTYPES, MODEL_ROLES, SOURCES, check_role
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 log = logging.getLogger(__name__)
 
-#: Hugging Face roles of the registry, and every role the workflow can prepare (keep in sync with
-#: registry.ROLES; tests/test_models_vdvae_role.py checks it)
-# blip, dpt, sd2_depth: Takagi +T/+D roles (brainrecon.models.takagi_roles, registered when the registry loads)
-HF_ROLES = ("vd", "clip", "sd", "blip", "dpt", "sd2_depth")
-MODEL_ROLES = HF_ROLES + ("vdvae",)
-SOURCES = ("pretrained", "tiny")
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("float32", "float16", "bfloat16")
-
 # names re-exported lazily from submodules (first access imports torch)
 _LAZY = {
     "ROLES": "registry", "Components": "registry", "build_tiny": "registry", "fetch_model": "registry",
-    "load_role": "registry", "prepare_role": "registry", "register_role": "registry", "get_role": "registry",
+    "load_role": "registry", "prepare_role": "registry", "get_role": "registry",
 }
 
 
@@ -50,11 +43,6 @@ def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _check_role(role: str) -> None:
-    if role not in MODEL_ROLES:
-        raise KeyError(f"unknown model role {role!r}; known roles: {list(MODEL_ROLES)}")
 
 
 # ----------------------------------------------------------------------------- device / dtype
@@ -105,7 +93,7 @@ def prepare_model(role: str, dest, source: str, seed: int = 0, **kwargs) -> Path
     ``kwargs`` go to the fetcher (:func:`brainrecon.models.registry.prepare_role`; VDVAE: ``url``,
     ``retries``, ``progress``, ...; HF roles: ``revision``).
     """
-    _check_role(role)
+    check_role(role)
     if source not in SOURCES:
         raise ValueError(f"model source must be one of {list(SOURCES)}, got {source!r}")
     from .registry import prepare_role
@@ -127,7 +115,7 @@ def load_model(role: str, folder, device="cpu", dtype="float32", *, components=N
     ``config``), plus ``role``, ``source``, ``path``, ``component_names``.
     Raises ``FileNotFoundError`` naming the folder when it (or a component folder) is missing.
     """
-    _check_role(role)
+    check_role(role)
     from .registry import folder_source, load_role
 
     parts = load_role(role, source="pretrained", path=folder, device=device, dtype=dtype, components=components,
@@ -137,7 +125,7 @@ def load_model(role: str, folder, device="cpu", dtype="float32", *, components=N
 
 
 __all__ = [
-    "HF_ROLES", "MODEL_ROLES", "SOURCES", "DEVICES", "DTYPES",
+    "MODEL_ROLES", "SOURCES", "DEVICES", "DTYPES",
     "resolve_device", "resolve_dtype", "prepare_model", "load_model",
     *_LAZY,
 ]

@@ -1,17 +1,25 @@
 """Model registry: one name ("role") per pretrained model, resolved to real or tiny weights.
 
-A role names a Hugging Face repository and the components the pipeline uses from it:
+A role (:mod:`brainrecon.models.plan` names them and their weight sources) lists the components
+the pipeline uses from its repository; :data:`ROLES` is the table of every role:
 
-====== ================================= =====================================================
-role   repository                        components (subfolder)
-====== ================================= =====================================================
-vd     shi-labs/versatile-diffusion      image_unet, text_unet, vae, image_encoder,
-                                         text_encoder, tokenizer, image_feature_extractor,
-                                         scheduler
-clip   openai/clip-vit-large-patch14     model, tokenizer, image_processor (repo root)
-sd     CompVis/stable-diffusion-v1-4     unet, vae, text_encoder, tokenizer, scheduler
-vdvae  openaipublic (VDVAE ImageNet64)   model (``imagenet64-iter-1600000-model-ema.th``)
-====== ================================= =====================================================
+========= ======================================= ==================================================
+role      repository                              components (subfolder)
+========= ======================================= ==================================================
+vd        shi-labs/versatile-diffusion            image_unet, text_unet, vae, image_encoder,
+                                                  text_encoder, tokenizer, image_feature_extractor,
+                                                  scheduler
+clip      openai/clip-vit-large-patch14           model, tokenizer, image_processor (repo root)
+sd        CompVis/stable-diffusion-v1-4           unet, vae, text_encoder, tokenizer, scheduler
+blip      Salesforce/blip-image-captioning-base   model (BlipForConditionalGeneration), processor
+                                                  (BlipProcessor = BlipImageProcessor + BertTokenizer),
+                                                  repo root
+dpt       Intel/dpt-large                         model (DPTForDepthEstimation), image_processor, root
+sd2_depth stabilityai/stable-diffusion-2-depth    unet (5 input channels: 4 latent + 1 depth), vae,
+                                                  text_encoder, tokenizer, scheduler (PNDM config,
+                                                  loaded as DDIM), depth_estimator, feature_extractor
+vdvae     openaipublic (VDVAE ImageNet64)         model (``imagenet64-iter-1600000-model-ema.th``)
+========= ======================================= ==================================================
 
 Three ways to a folder with the real on-disk layout (``model_index.json`` + one folder
 per component, ``config.json`` + ``diffusion_pytorch_model.safetensors`` /
@@ -34,14 +42,16 @@ VDVAE is not a Hugging Face repo: its role uses the custom hooks of
 :mod:`brainrecon.models.vdvae_role` (verified download of the official checkpoint; tiny =
 :meth:`VDVAEConfig.tiny` with seeded weights saved under the official file name plus
 ``vdvae_config.json``, which only the tiny folder has; load =
-:func:`brainrecon.models.vdvae.load_vdvae`). Other roles (sd2_depth, blip, dpt, ...) are
-added with :func:`register_role`. The workflow calls :func:`brainrecon.models.load_model`
+:func:`brainrecon.models.vdvae.load_vdvae`). The tiny stand-ins come from
+:mod:`brainrecon.models.tiny` and :mod:`brainrecon.models.tiny_takagi`. The workflow calls
+:func:`brainrecon.models.load_model`
 ``(role, folder, device, dtype)`` (:func:`load_role` with a path; this module's ``load_model`` is
 an alias of it) and :func:`brainrecon.models.prepare_model` (:func:`prepare_role`).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -49,13 +59,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 
-from .._imports import resolve_ref
 from ..io import atomic_dir
-from . import SOURCES, resolve_device, resolve_dtype
-from .vdvae_role import VDVAE_URL
+from . import resolve_device, resolve_dtype, tiny, tiny_takagi, vdvae_role
+from .plan import MODEL_ROLES, ROLE_SOURCES, SOURCES
 
 # Every scheduler is loaded as DDIM with these settings, whatever the repo's config says: the
 # reference (CompVis / Versatile Diffusion) DDIM samplers never clip the x0 prediction, and
@@ -74,8 +84,9 @@ class ComponentSpec:
 
     name: attribute name on the loaded :class:`Components`.
     subfolder: folder inside the repo (``None`` = repo root).
-    library, class_name: as written in ``model_index.json`` and used to load it
-        (``"module:Class"`` given in ``load_class`` overrides the class used to load).
+    library, class_name: as written in ``model_index.json``.
+    load_class: ``"module:Class"`` of the library class that loads it (``from_pretrained``),
+        imported only when the component is loaded (diffusers alone takes seconds to import).
     kind: ``model`` (weights + config.json), ``tokenizer``, ``processor`` or ``scheduler``.
     weights: candidate weight file names, preferred first (models only).
     tokenizer_json: whether the real repo's tokenizer folder has ``tokenizer.json``.
@@ -96,8 +107,8 @@ class RoleSpec:
     """A role: where its weights come from, its components, and how to build the tiny stand-in.
 
     Hugging Face roles list ``components`` and give ``build_tiny``; the generic code
-    fetches, saves and loads them. Other roles (VDVAE's single ``.th`` file) give the three
-    custom hooks instead. Every hook is a ``"module:function"`` string (imported lazily):
+    fetches, saves and loads them. Other roles (VDVAE's single ``.th`` file) give the
+    custom hooks instead. Hooks are functions:
 
     build_tiny: ``function(seed) -> {component name: object}`` (HF roles).
     postprocess: ``function(components, **options) -> components`` applied by
@@ -115,15 +126,15 @@ class RoleSpec:
     name: str
     repo_id: str
     components: tuple[ComponentSpec, ...] = ()
-    build_tiny: str | None = None
-    postprocess: str | None = None
+    build_tiny: Callable | None = None
+    postprocess: Callable | None = None
     pipeline_class: str | None = None
     extra_patterns: tuple[str, ...] = field(default_factory=tuple)
-    fetch: str | None = None
-    write_tiny: str | None = None
-    load: str | None = None
+    fetch: Callable | None = None
+    write_tiny: Callable | None = None
+    load: Callable | None = None
     hook_components: tuple[str, ...] = ()
-    folder_source: str | None = None
+    folder_source: Callable | None = None
 
     def component_names(self) -> list[str]:
         """The role's component names, registry order (HF roles: ``components``; hook roles: ``hook_components``)."""
@@ -160,9 +171,8 @@ def _tokenizer(name, sub, tokenizer_json=False):
                          tokenizer_json=tokenizer_json)
 
 
-def _processor(name, sub):
-    return ComponentSpec(name, sub, "transformers", "CLIPImageProcessor", "processor",
-                         "transformers:CLIPImageProcessor")
+def _processor(name, sub, saved_class="CLIPImageProcessor", load_class="CLIPImageProcessor"):
+    return ComponentSpec(name, sub, "transformers", saved_class, "processor", f"transformers:{load_class}")
 
 
 def _scheduler(name, sub, saved_class):
@@ -170,74 +180,106 @@ def _scheduler(name, sub, saved_class):
     return ComponentSpec(name, sub, "diffusers", saved_class, "scheduler", "diffusers:DDIMScheduler")
 
 
+def _vd_dual_guided(parts, **options):
+    """Versatile Diffusion's post-load step (:func:`brainrecon.models.vd.prepare_vd_components`)."""
+    from .vd import prepare_vd_components
+
+    return prepare_vd_components(parts, **options)
+
+
+def _role(name: str, **kw) -> RoleSpec:
+    return RoleSpec(name=name, repo_id=ROLE_SOURCES[name], **kw)
+
+
 _VD_TEXT_UNET = "diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet:UNetFlatConditionModel"
 
-ROLES: dict[str, RoleSpec] = {}
-
-
-def register_role(spec: RoleSpec, replace: bool = False) -> None:
-    """Add a role to :data:`ROLES` (``replace=True`` to redefine an existing one)."""
-    if spec.name in ROLES and not replace:
-        raise ValueError(f"model role {spec.name!r} is already registered")
-    ROLES[spec.name] = spec
-
-
-register_role(RoleSpec(
-    name="vd",
-    repo_id="shi-labs/versatile-diffusion",
-    components=(
-        _diffusers_model("image_unet", "image_unet", "UNet2DConditionModel"),
-        # the hub's model_index names the old pipeline module for text_unet
-        _diffusers_model("text_unet", "text_unet", "UNetFlatConditionModel", library="versatile_diffusion",
-                         load_class=_VD_TEXT_UNET),
-        _diffusers_model("vae", "vae", "AutoencoderKL"),
-        _transformers_model("image_encoder", "image_encoder", "CLIPVisionModelWithProjection"),
-        _transformers_model("text_encoder", "text_encoder", "CLIPTextModelWithProjection"),
-        _tokenizer("tokenizer", "tokenizer"),
-        _processor("image_feature_extractor", "image_feature_extractor"),
-        _scheduler("scheduler", "scheduler", "DDIMScheduler"),
+#: every role, one declarative entry each (names and weight sources: :mod:`brainrecon.models.plan`)
+ROLES: dict[str, RoleSpec] = {spec.name: spec for spec in (
+    _role(
+        "vd",
+        components=(
+            _diffusers_model("image_unet", "image_unet", "UNet2DConditionModel"),
+            # the hub's model_index names the old pipeline module for text_unet
+            _diffusers_model("text_unet", "text_unet", "UNetFlatConditionModel", library="versatile_diffusion",
+                             load_class=_VD_TEXT_UNET),
+            _diffusers_model("vae", "vae", "AutoencoderKL"),
+            _transformers_model("image_encoder", "image_encoder", "CLIPVisionModelWithProjection"),
+            _transformers_model("text_encoder", "text_encoder", "CLIPTextModelWithProjection"),
+            _tokenizer("tokenizer", "tokenizer"),
+            _processor("image_feature_extractor", "image_feature_extractor"),
+            _scheduler("scheduler", "scheduler", "DDIMScheduler"),
+        ),
+        build_tiny=tiny.build_vd_components,
+        postprocess=_vd_dual_guided,
+        pipeline_class="VersatileDiffusionPipeline",
     ),
-    build_tiny="brainrecon.models.tiny:build_vd_components",
-    postprocess="brainrecon.models.vd:prepare_vd_components",
-    pipeline_class="VersatileDiffusionPipeline",
-))
-
-register_role(RoleSpec(
-    name="clip",
-    repo_id="openai/clip-vit-large-patch14",
-    components=(
-        _transformers_model("model", None, "CLIPModel"),
-        _tokenizer("tokenizer", None, tokenizer_json=True),
-        _processor("image_processor", None),
+    _role(
+        "clip",
+        components=(
+            _transformers_model("model", None, "CLIPModel"),
+            _tokenizer("tokenizer", None, tokenizer_json=True),
+            _processor("image_processor", None),
+        ),
+        build_tiny=tiny.build_clip_components,
     ),
-    build_tiny="brainrecon.models.tiny:build_clip_components",
-))
-
-register_role(RoleSpec(
-    name="sd",
-    repo_id="CompVis/stable-diffusion-v1-4",
-    components=(
-        _diffusers_model("unet", "unet", "UNet2DConditionModel"),
-        _diffusers_model("vae", "vae", "AutoencoderKL"),
-        _transformers_model("text_encoder", "text_encoder", "CLIPTextModel"),
-        _tokenizer("tokenizer", "tokenizer"),
-        _scheduler("scheduler", "scheduler", "PNDMScheduler"),
+    _role(
+        "sd",
+        components=(
+            _diffusers_model("unet", "unet", "UNet2DConditionModel"),
+            _diffusers_model("vae", "vae", "AutoencoderKL"),
+            _transformers_model("text_encoder", "text_encoder", "CLIPTextModel"),
+            _tokenizer("tokenizer", "tokenizer"),
+            _scheduler("scheduler", "scheduler", "PNDMScheduler"),
+        ),
+        build_tiny=tiny.build_sd_components,
+        pipeline_class="StableDiffusionPipeline",
     ),
-    build_tiny="brainrecon.models.tiny:build_sd_components",
-    pipeline_class="StableDiffusionPipeline",
-))
-
-# VDVAE (Brain-Diffuser stage 1): the official ImageNet64 EMA checkpoint, one .th state dict; its hooks
-# (verified download, tiny stand-in, loading) live in brainrecon.models.vdvae_role.
-register_role(RoleSpec(
-    name="vdvae",
-    repo_id=VDVAE_URL,
-    fetch="brainrecon.models.vdvae_role:fetch",
-    write_tiny="brainrecon.models.vdvae_role:write_tiny",
-    load="brainrecon.models.vdvae_role:load",
-    hook_components=("model",),
-    folder_source="brainrecon.models.vdvae_role:folder_source",
-))
+    # Takagi & Nishimoto +T / +D
+    _role(
+        "blip",
+        components=(
+            _transformers_model("model", None, "BlipForConditionalGeneration"),
+            _processor("processor", None, "BlipProcessor", "BlipProcessor"),
+        ),
+        extra_patterns=tuple(f.replace(".", r"\.") for f in tiny_takagi.BLIP_TOKENIZER_FILES),
+        write_tiny=tiny_takagi.write_tiny_blip,
+    ),
+    _role(
+        "dpt",
+        components=(
+            _transformers_model("model", None, "DPTForDepthEstimation"),
+            _processor("image_processor", None, "DPTImageProcessor", "DPTImageProcessor"),
+        ),
+        build_tiny=tiny_takagi.build_dpt_components,
+    ),
+    _role(
+        "sd2_depth",
+        components=(
+            _diffusers_model("unet", "unet", "UNet2DConditionModel"),
+            _diffusers_model("vae", "vae", "AutoencoderKL"),
+            _transformers_model("text_encoder", "text_encoder", "CLIPTextModel"),
+            ComponentSpec("tokenizer", "tokenizer", "transformers", "CLIPTokenizer", "tokenizer",
+                          "transformers:CLIPTokenizer"),
+            _scheduler("scheduler", "scheduler", "PNDMScheduler"),
+            _transformers_model("depth_estimator", "depth_estimator", "DPTForDepthEstimation"),
+            # the hub's model_index names the deprecated feature-extractor class; loaded as the image processor
+            _processor("feature_extractor", "feature_extractor", "DPTFeatureExtractor", "DPTImageProcessor"),
+        ),
+        build_tiny=tiny_takagi.build_sd2_depth_components,
+        pipeline_class="StableDiffusionDepth2ImgPipeline",
+    ),
+    # Brain-Diffuser stage 1: the official ImageNet64 EMA checkpoint, one .th state dict (hooks: vdvae_role)
+    _role(
+        "vdvae",
+        fetch=vdvae_role.fetch,
+        write_tiny=vdvae_role.write_tiny,
+        load=vdvae_role.load,
+        hook_components=("model",),
+        folder_source=vdvae_role.folder_source,
+    ),
+)}
+if tuple(ROLES) != MODEL_ROLES:  # pragma: no cover - guards an edit of one table without the other
+    raise RuntimeError(f"models.registry.ROLES {tuple(ROLES)} must implement the roles of models.plan {MODEL_ROLES}")
 
 
 def get_role(role: str) -> RoleSpec:
@@ -331,7 +373,7 @@ def fetch_model(role: str, dest, revision: str | None = None, token: str | None 
         if token is not None:
             options["token"] = token
         with atomic_dir(dest) as tmp:
-            resolve_ref(spec.fetch)(tmp, revision, **options)
+            spec.fetch(tmp, revision, **options)
         return dest
     if options:
         raise TypeError(f"unexpected download option(s) for role {role!r}: {sorted(options)}")
@@ -393,11 +435,11 @@ def build_tiny(role: str, dest, seed: int = 0) -> Path:
     if spec.write_tiny:
         dest = Path(dest)
         with atomic_dir(dest) as tmp:
-            resolve_ref(spec.write_tiny)(tmp, seed)
+            spec.write_tiny(tmp, seed)
         return dest
     if not spec.build_tiny:
         raise ValueError(f"role {role!r} has no tiny stand-in")
-    parts = resolve_ref(spec.build_tiny)(seed)
+    parts = spec.build_tiny(seed)
     return save_components(role, parts, dest)
 
 
@@ -428,8 +470,14 @@ def _tiny_folder(role: str, seed: int) -> Path:
     return _TINY_CACHE[key]
 
 
+def _component_class(comp: ComponentSpec):
+    """The library class of ``comp.load_class`` (``"module:Class"``), imported now."""
+    module, _, name = comp.load_class.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _load_component(comp: ComponentSpec, where: str, local: bool, dtype, revision):
-    cls = resolve_ref(comp.load_class)
+    cls = _component_class(comp)
     kwargs = {}
     if comp.subfolder:
         kwargs["subfolder"] = comp.subfolder
@@ -524,7 +572,7 @@ def load_role(
         where, local = spec.repo_id, False
 
     if spec.load:
-        loaded = resolve_ref(spec.load)(Path(where), device, dtype, **options)
+        loaded = spec.load(Path(where), device, dtype, **options)
         return Components(role=role, source=source, path=where, component_names=names, **loaded)
 
     whole = components is None
@@ -543,7 +591,7 @@ def load_role(
             obj.requires_grad_(False)
         setattr(parts, comp.name, obj)
     if whole and postprocess and spec.postprocess:
-        parts = resolve_ref(spec.postprocess)(parts, **options)
+        parts = spec.postprocess(parts, **options)
     return parts
 
 
@@ -551,7 +599,7 @@ def folder_source(role: str, folder) -> str | None:
     """What ``folder`` of ``role`` holds ("tiny" / "pretrained") if the role can tell (its ``folder_source``
     hook), else ``None``."""
     spec = get_role(role)
-    return resolve_ref(spec.folder_source)(Path(folder)) if spec.folder_source else None
+    return spec.folder_source(Path(folder)) if spec.folder_source else None
 
 
 def load_model(role: str, folder, device="cpu", dtype="float32", **options) -> Components:
@@ -562,10 +610,7 @@ def load_model(role: str, folder, device="cpu", dtype="float32", **options) -> C
 
 
 __all__ = [
-    "ROLES", "SOURCES", "ComponentSpec", "RoleSpec", "Components", "register_role", "get_role",
+    "ROLES", "SOURCES", "ComponentSpec", "RoleSpec", "Components", "get_role",
     "select_repo_files", "fetch_model", "save_components", "build_tiny", "prepare_role", "load_role",
     "folder_source", "load_model", "resolve_device_dtype",
 ]
-
-# roles defined in their own modules register themselves on import (Takagi +T/+D: blip, dpt, sd2_depth)
-from . import takagi_roles  # noqa: E402,F401

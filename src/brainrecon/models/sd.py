@@ -3,7 +3,7 @@
 The SD text context ``c`` is the CLIP text encoder's ``last_hidden_state`` (B, 77, 768)
 for prompts padded to the tokenizer's ``model_max_length`` (SPEC §4); the
 classifier-free-guidance context is the same for the empty prompt. Image latents ``z``
-(VAE posterior x scaling factor) come from :func:`brainrecon.reconstruct.img2img.vae_encode`.
+(VAE posterior x scaling factor) come from :func:`brainrecon.models.diffusion.vae_encode`.
 """
 
 from __future__ import annotations

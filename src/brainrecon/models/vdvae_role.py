@@ -29,14 +29,12 @@ from pathlib import Path
 
 import torch
 
+from .plan import VDVAE_BASE_URL, VDVAE_FILE, VDVAE_URL
 from .vdvae import VDVAE, VDVAEConfig, load_vdvae
 
 log = logging.getLogger(__name__)
 
 ROLE = "vdvae"
-VDVAE_FILE = "imagenet64-iter-1600000-model-ema.th"
-VDVAE_BASE_URL = "https://openaipublic.blob.core.windows.net/very-deep-vaes-assets/vdvae-assets-2/"
-VDVAE_URL = VDVAE_BASE_URL + VDVAE_FILE
 #: only tiny folders have it (the real folder -> ImageNet64 hyperparameters)
 CONFIG_FILE = "vdvae_config.json"
 

@@ -10,7 +10,7 @@ stage 1 (:func:`decode_stage1`)
     64×64 uint8 → bicubic (PIL) upsampling to ``image_size`` (512) (:func:`upsample`).
 stage 2 (:func:`run_stage2`)
     Versatile Diffusion img2img through the one shared loop
-    :func:`brainrecon.reconstruct.img2img.vd_img2img`: init = the stage-1 image, DDIM
+    :func:`brainrecon.models.diffusion.vd_img2img`: init = the stage-1 image, DDIM
     ``steps`` = 50 with ``strength`` 0.75 → exactly ``int(0.75 · 50) = 37`` denoising steps,
     eta 0, classifier-free guidance ``guidance_scale`` 7.5 with the unconditional contexts
     CLIP-text("") and CLIP-vision(grey image) (:func:`brainrecon.models.vd.vd_unconditional`),
@@ -43,7 +43,7 @@ no_vision    yes            stage-1 image   1            vdvae, cliptext
   x_{t1} = sqrt(ᾱ_{t1}) z0 + sqrt(1 − ᾱ_{t1}) ε is exactly N(0, I): this variant *starts the
   37-step schedule from pure Gaussian noise* (it is not a 50-step text/image-to-image
   generation from t = 999). Implemented by passing that z0
-  (:func:`~brainrecon.reconstruct.img2img.random_latents`) as ``init_latents`` to the
+  (:func:`~brainrecon.models.diffusion.random_latents`) as ``init_latents`` to the
   shared loop (no second loop).
 - ``no_text`` / ``no_vision``: vision-only / text-only guidance, i.e. ``mix_ratio`` 0 / 1 of
   the dual-guided UNet, so the other condition's cross-attention residual is multiplied by 0
@@ -252,13 +252,13 @@ def run_stage2(parts, init_images, text_ctx, image_ctx, seeds: Sequence[int], *,
     init_images: with ``init="stage1"``, the upsampled stage-1 images (b, S, S, 3) uint8;
         with ``init="noise"``, the image side S (int): the init latent is a standard-normal
         draw from each image's stage-2 generator
-        (:func:`~brainrecon.reconstruct.img2img.random_latents`, passed as ``init_latents``).
+        (:func:`~brainrecon.models.diffusion.random_latents`, passed as ``init_latents``).
     text_ctx (b, 77, D), image_ctx (b, 257, D) float; seeds: one per image (stage-2
     generator ``derive_seed(seed, 2)``); text_weight: dual-guidance ``mix_ratio``;
     uncond: (text, image) unconditional contexts (default CLIP("") / CLIP(grey)).
     Returns (images (b, S, S, 3) uint8, denoising steps run, timesteps).
     """
-    from .img2img import random_latents, vd_img2img
+    from ..models.diffusion import Sampler, random_latents, vd_img2img
 
     text = torch.as_tensor(np.asarray(text_ctx, dtype=np.float32))
     image = torch.as_tensor(np.asarray(image_ctx, dtype=np.float32))
@@ -283,13 +283,10 @@ def run_stage2(parts, init_images, text_ctx, image_ctx, seeds: Sequence[int], *,
         init_in, init_lat = None, random_latents(parts.vae, int(init_images), gens)
     else:
         raise ValueError(f"stage-2 init must be 'stage1' or 'noise', got {init!r}")
-    res = vd_img2img(
-        parts, init_in, text, image,
-        mix_ratio=float(text_weight), uncond=uncond,
-        generator=gens, num_inference_steps=int(steps), strength=float(strength),
-        guidance_scale=float(guidance_scale), eta=0.0, dtype=dtype, progress=False, sample_init=True,
-        init_latents=init_lat,
-    )
+    sampler = Sampler(steps=int(steps), strength=float(strength), guidance_scale=float(guidance_scale), eta=0.0,
+                      posterior="sample")
+    res = vd_img2img(parts, init_in, text, image, mix_ratio=float(text_weight), uncond=uncond, generator=gens,
+                     sampler=sampler, dtype=dtype, init_latents=init_lat)
     return to_uint8(res.images), int(res.num_steps), list(res.timesteps)
 
 

@@ -9,8 +9,8 @@ The method (paper §3.3 and the authors' ``diffusion_sd1/diffusion_decoding.py``
 
 1. **X_z** (:func:`decode_z`): predicted z → SD VAE decoder → image at 8 × 40 = 320 px → uint8 →
    bicubic resize to ``image_size`` (512). Stored as ``stage1``.
-2. **img2img** through the one shared loop (:func:`brainrecon.reconstruct.img2img.img2img` via
-   :func:`~brainrecon.reconstruct.img2img.sd_img2img`): X_z is VAE-encoded (posterior sample),
+2. **img2img** through the one shared loop (:func:`brainrecon.models.diffusion.img2img` via
+   :func:`~brainrecon.models.diffusion.sd_img2img`): X_z is VAE-encoded (posterior sample),
    DDIM with ``steps`` = 50 and ``strength`` = 0.8 keeps the last ``int(0.8 · 50) = 40`` timesteps
    (exactly the reference's ``t_enc``), noised to the first, denoised with eta 0 and classifier-free
    guidance ``guidance_scale`` = 5.0 against the empty-prompt context, conditioned on the predicted c.
@@ -42,7 +42,7 @@ and *c only* as generation from pure Gaussian noise over the full DDIM grid (all
 i.e. text-to-image) conditioned on the predicted c. The decoded image X_z itself (the paper's
 "coarse decoded image" before diffusion) is stored as ``stage1`` in every variant that uses z.
 Pure-noise init reuses the shared loop with a standard-normal start latent
-(:func:`~brainrecon.reconstruct.img2img.random_latents` as ``init_latents``, drawn from each
+(:func:`~brainrecon.models.diffusion.random_latents` as ``init_latents``, drawn from each
 sample's generator), so the latent noised to the first timestep of a strength-1 schedule is
 exactly N(0, I).
 
@@ -131,7 +131,7 @@ def _finite(x: np.ndarray, what: str) -> np.ndarray:
 def decode_z(vae, latents, image_size: int) -> np.ndarray:
     """X_z: predicted scaled latents (b, 4, h, w) → VAE decode (b, 8h, 8w) → uint8 → bicubic to
     ``image_size``. Returns (b, image_size, image_size, 3) uint8."""
-    from .img2img import vae_decode
+    from ..models.diffusion import vae_decode
 
     lat = _finite(np.asarray(latents, dtype=np.float32), "predicted z")
     c = int(vae.config.latent_channels)
@@ -376,14 +376,14 @@ def _empty_context(parts) -> torch.Tensor:
 @torch.no_grad()
 def run_img2img(parts, spec: VariantSpec, settings: Settings, init_images, text_ctx, seeds: Sequence[int], *,
                 depth=None, uncond=None, dtype: torch.dtype | None = None):
-    """One batch of image-samples through the shared loop (:func:`~brainrecon.reconstruct.img2img.sd_img2img`).
+    """One batch of image-samples through the shared loop (:func:`~brainrecon.models.diffusion.sd_img2img`).
 
     init_images: (b, S, S, 3) uint8 X_z (ignored but sized for ``init="noise"``);
     text_ctx: (b, 77, D) float context; seeds: one per item; depth: (b, 1, h, w) for SD2-depth;
     uncond: the empty-prompt context (computed if None). Returns (images (b, S, S, 3) uint8,
     steps run, timesteps).
     """
-    from .img2img import random_latents, sd_img2img, vae_factor
+    from ..models.diffusion import Sampler, random_latents, sd_img2img, vae_factor
 
     b = len(seeds)
     init = np.asarray(init_images)
@@ -418,12 +418,10 @@ def run_img2img(parts, spec: VariantSpec, settings: Settings, init_images, text_
         guidance = 1.0  # conditional context == unconditional context: CFG is the identity
     if uncond is None and guidance > 1.0:
         uncond = _empty_context(parts)
-    res = sd_img2img(
-        parts, init_in, text, uncond=uncond,
-        generator=gens, num_inference_steps=int(settings.steps), strength=float(strength),
-        guidance_scale=float(guidance), eta=float(settings.eta), dtype=dtype, progress=False,
-        extra_latent_channels=extra, sample_init=True, init_latents=init_lat,
-    )
+    sampler = Sampler(steps=int(settings.steps), strength=float(strength), guidance_scale=float(guidance),
+                      eta=float(settings.eta), posterior="sample")
+    res = sd_img2img(parts, init_in, text, uncond=uncond, generator=gens, sampler=sampler, dtype=dtype,
+                     extra_latent_channels=extra, init_latents=init_lat)
     return to_uint8(res.images), int(res.num_steps), list(res.timesteps)
 
 

@@ -1,16 +1,16 @@
 """The one img2img loop (DDIM, classifier-free guidance) shared by every diffusion method.
 
-Brain-Diffuser (Versatile Diffusion, dual text+image context) and Takagi & Nishimoto
-(Stable Diffusion, text context) differ only in the UNet and in what they pass as
-``encoder_hidden_states``; :func:`vd_img2img` and :func:`sd_img2img` are the two small
-adapters, :func:`img2img` is the loop:
+Brain-Diffuser (Versatile Diffusion, dual text+image context), Takagi & Nishimoto (Stable
+Diffusion, text context) and the encoding analysis' zc / U-Net spaces differ only in the UNet and
+in what they pass as ``encoder_hidden_states``; :func:`vd_img2img` and :func:`sd_img2img` are the
+two small adapters, :func:`img2img` is the loop, :class:`Sampler` its settings:
 
 1. encode the init images with the VAE: z0 = (posterior sample - shift) x ``scaling_factor``
-   (both from ``vae.config``), one noise draw per image from that image's generator — or,
-   with ``init_latents``, take z0 as given (no encoding, no posterior draw);
-2. ``scheduler.set_timesteps(num_inference_steps)`` and keep the last
-   ``int(strength * num_inference_steps)`` timesteps — the reference truncation
-   (strength 0.75 of 50 -> 37 steps, 0.8 of 50 -> 40);
+   (both from ``vae.config``), one noise draw per image from that image's generator
+   (``Sampler.posterior="mean"``: the posterior mean, no draw) — or, with ``init_latents``,
+   take z0 as given (no encoding, no posterior draw);
+2. ``scheduler.set_timesteps(steps)`` and keep the last ``int(strength * steps)`` timesteps —
+   the reference truncation (strength 0.75 of 50 -> 37 steps, 0.8 of 50 -> 40);
 3. noise z0 to the first kept timestep (``scheduler.add_noise``);
 4. for each kept timestep: one UNet call on [uncond; cond] stacked in the batch,
    eps = eps_u + guidance_scale (eps_c - eps_u), DDIM step (eta; with eta > 0 the step
@@ -19,7 +19,7 @@ adapters, :func:`img2img` is the loop:
 
 Starting from given latents (``init_latents``): steps 2-5 are unchanged, so z0 is noised to
 the first kept timestep t1 as an encoded image would be, x_t1 = sqrt(ᾱ_t1) z0 + sqrt(1 - ᾱ_t1) ε,
-and then denoised for the same ``int(strength * num_inference_steps)`` steps. With standard-normal
+and then denoised for the same ``int(strength * steps)`` steps. With standard-normal
 z0 (:func:`random_latents`, drawn from the images' own generators before the loop) x_t1 is exactly
 N(0, I) at any strength: a start from pure Gaussian noise (Brain-Diffuser's ``no_vdvae``, Takagi's
 ``c``). The loop's first draw from generator i is then ε (the posterior draw is skipped).
@@ -43,8 +43,43 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models.vd import images_to_unit_tensor
 from ..randomness import per_row_noise
+from .vd import images_to_unit_tensor
+
+POSTERIORS = ("sample", "mean")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """The settings of one img2img run.
+
+    steps: DDIM grid (``num_inference_steps``); strength: the fraction of it run, the last
+    ``int(strength * steps)`` timesteps (reference truncation; 0 runs none and decodes z0);
+    guidance_scale: classifier-free guidance weight (``<= 1``: the conditional branch only);
+    eta: DDIM eta (0 = deterministic steps); posterior: ``"sample"`` (one VAE posterior draw per
+    init image, as the reference samplers) or ``"mean"`` (no randomness) for encoded init images.
+    """
+
+    steps: int
+    strength: float
+    guidance_scale: float
+    eta: float
+    posterior: str
+
+    def __post_init__(self):
+        if int(self.steps) < 1:
+            raise ValueError(f"img2img steps must be >= 1, got {self.steps}")
+        if not 0.0 <= float(self.strength) <= 1.0:
+            raise ValueError(f"img2img strength must be in [0, 1], got {self.strength}")
+        if float(self.guidance_scale) < 0 or float(self.eta) < 0:
+            raise ValueError(f"guidance_scale and eta must be >= 0, got {self.guidance_scale}, {self.eta}")
+        if self.posterior not in POSTERIORS:
+            raise ValueError(f"posterior must be one of {POSTERIORS}, got {self.posterior!r}")
+
+    @property
+    def num_steps(self) -> int:
+        """Denoising steps the run takes: ``int(strength * steps)`` (37 for 0.75 of 50, 40 for 0.8)."""
+        return int(float(self.strength) * int(self.steps))
 
 
 @dataclass
@@ -158,17 +193,13 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return (x.float() / 2 + 0.5).clamp(0, 1).cpu()
 
 
-def kept_timesteps(scheduler, num_inference_steps: int, strength: float, device=None) -> torch.Tensor:
-    """Set the scheduler to ``num_inference_steps`` and return its last ``int(strength * n)`` timesteps."""
-    if not 0.0 <= float(strength) <= 1.0:
-        raise ValueError(f"strength must be in [0, 1], got {strength}")
-    if int(num_inference_steps) < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+def kept_timesteps(scheduler, sampler: Sampler, device=None) -> torch.Tensor:
+    """Set the scheduler to ``sampler.steps`` and return its last ``sampler.num_steps`` timesteps."""
     if getattr(scheduler, "order", 1) != 1:
         raise ValueError(f"img2img expects a first-order scheduler (DDIM), got {type(scheduler).__name__}")
-    scheduler.set_timesteps(int(num_inference_steps), device=device)
+    scheduler.set_timesteps(int(sampler.steps), device=device)
     timesteps = scheduler.timesteps
-    n_keep = int(strength * num_inference_steps)  # reference truncation (not rounding)
+    n_keep = sampler.num_steps  # reference truncation (not rounding)
     return timesteps[len(timesteps) - n_keep:] if n_keep > 0 else timesteps[:0]
 
 
@@ -197,49 +228,48 @@ def to_pil(images: torch.Tensor):
 
 
 # ----------------------------------------------------------------------------- the loop
+@dataclass(frozen=True)
+class Pipe:
+    """The diffusers components one img2img run uses: ``unet``, ``vae``, ``scheduler`` (DDIM)."""
+
+    unet: object
+    vae: object
+    scheduler: object
+
+
 @torch.no_grad()
 def img2img(
-    unet,
-    vae,
-    scheduler,
+    pipe: Pipe,
     init_images,
     cond,
     uncond=None,
     *,
     generator,
-    num_inference_steps: int = 50,
-    strength: float = 0.75,
-    guidance_scale: float = 7.5,
-    eta: float = 0.0,
-    dtype: torch.dtype | None = None,
-    progress: bool = True,
-    unet_kwargs: dict | None = None,
-    extra_latent_channels: torch.Tensor | None = None,
-    sample_init: bool = True,
+    sampler: Sampler,
     init_latents: torch.Tensor | None = None,
+    extra_latent_channels: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
 ) -> Img2ImgResult:
     """DDIM img2img with classifier-free guidance (see the module docstring).
 
-    unet, vae, scheduler: diffusers components (scheduler: DDIM; it is reset here).
+    pipe: the UNet, VAE and (DDIM) scheduler; the scheduler is reset here.
     init_images: (B, 3, H, W) float in [-1, 1], or PIL image(s) / uint8 arrays; ``None`` with
         ``init_latents``.
     cond, uncond: ``encoder_hidden_states`` (B or 1, tokens, dim) or dicts of per-sample UNet
         inputs with that key (batch B or 1, broadcast). ``uncond`` is needed when
-        ``guidance_scale > 1``; it is stacked before ``cond`` in one UNet call per step.
+        ``sampler.guidance_scale > 1``; it is stacked before ``cond`` in one UNet call per step.
     generator: one ``torch.Generator`` or int seed per image (a single one if B == 1).
-    num_inference_steps, strength: DDIM grid and the fraction of it run
-        (``int(strength * num_inference_steps)`` steps).
-    guidance_scale: CFG weight; ``<= 1`` runs the conditional branch only.
-    eta: DDIM eta (0 = deterministic steps).
-    dtype: UNet/VAE input dtype (default: the UNet's); latents and the scheduler stay float32.
-    unet_kwargs: extra keyword arguments for every UNet call (not batched).
-    extra_latent_channels: (B or 1, c, h, w) concatenated to the latents on the channel axis
-        before each UNet call (e.g. the depth map of SD2-depth).
-    sample_init: VAE posterior sample (True) or mean (False) for the init latents.
+    sampler: grid, strength, guidance, eta and the VAE posterior draw (:class:`Sampler`).
     init_latents: (B, C, h, w) scaled latents (the space of :func:`vae_encode`) to start from
         instead of encoding ``init_images`` (then ``None``); they are noised to the first kept
         timestep exactly as encoded images (module docstring), no posterior draw is made.
+    extra_latent_channels: (B or 1, c, h, w) concatenated to the latents on the channel axis
+        before each UNet call (e.g. the depth map of SD2-depth).
+    dtype: UNet/VAE input dtype (default: the UNet's); latents and the scheduler stay float32.
     """
+    unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
+    guidance_scale, eta = float(sampler.guidance_scale), float(sampler.eta)
     device, unet_dtype = _module_device_dtype(unet)
     dtype = dtype or unet_dtype
     if init_latents is not None:
@@ -283,8 +313,8 @@ def img2img(
     if init_latents is not None:
         latents = z0.to(device)
     else:
-        latents = vae_encode(vae, x, gens, sample=sample_init)
-    timesteps = kept_timesteps(scheduler, num_inference_steps, strength, device=device)
+        latents = vae_encode(vae, x, gens, sample=sampler.posterior == "sample")
+    timesteps = kept_timesteps(scheduler, sampler, device=device)
     n_steps = 0
     if len(timesteps):
         noise = per_row_noise(gens, tuple(latents.shape[1:]), device)
@@ -294,7 +324,7 @@ def img2img(
             model_in = scheduler.scale_model_input(model_in, t)
             if extra is not None:
                 model_in = torch.cat([model_in.to(dtype), extra], dim=1)
-            pred = unet(model_in.to(dtype), t, **model_kwargs, **(unet_kwargs or {})).sample.float()
+            pred = unet(model_in.to(dtype), t, **model_kwargs).sample.float()
             if do_cfg:
                 pred_u, pred_c = pred.chunk(2)
                 pred = pred_u + guidance_scale * (pred_c - pred_u)
@@ -321,7 +351,7 @@ def vd_img2img(
     text_ctx: torch.Tensor,
     image_ctx: torch.Tensor,
     *,
-    mix_ratio: float = 0.4,
+    mix_ratio: float,
     uncond: tuple[torch.Tensor, torch.Tensor] | None = None,
     **kwargs,
 ) -> Img2ImgResult:
@@ -331,9 +361,9 @@ def vd_img2img(
     text_ctx (B|1, 77, D), image_ctx (B|1, 257, D): predicted CLIP contexts.
     mix_ratio: weight of the text condition (0.4 = 0.6 vision / 0.4 text).
     uncond: (text, image) unconditional contexts; default CLIP("") and CLIP(grey image).
-    kwargs: passed to :func:`img2img` (generator, strength, guidance_scale, ...).
+    kwargs: passed to :func:`img2img` (generator, sampler, ...).
     """
-    from ..models.vd import set_dual_guidance, vd_condition_lengths, vd_context, vd_unconditional
+    from .vd import set_dual_guidance, vd_condition_lengths, vd_context, vd_unconditional
 
     text_len, image_len = vd_condition_lengths(parts.text_encoder, parts.image_encoder)
     if text_ctx.shape[1] != text_len or image_ctx.shape[1] != image_len:
@@ -346,18 +376,18 @@ def vd_img2img(
         uncond = vd_unconditional(parts)
     cond = vd_context(text_ctx, image_ctx)
     unc = vd_context(*uncond)
-    return img2img(parts.image_unet, parts.vae, parts.scheduler, init_images, cond, unc, **kwargs)
+    return img2img(Pipe(parts.image_unet, parts.vae, parts.scheduler), init_images, cond, unc, **kwargs)
 
 
 def sd_img2img(parts, init_images, text_ctx: torch.Tensor, *, uncond: torch.Tensor | None = None,
                **kwargs) -> Img2ImgResult:
     """Takagi & Nishimoto: Stable Diffusion img2img with a (predicted) text context (B|1, 77, D).
 
-    parts: role "sd" loaded by ``load_role``. uncond: default SD text context of "".
-    kwargs: passed to :func:`img2img` (Takagi: strength 0.8, guidance_scale 5.0).
+    parts: role "sd" (or "sd2_depth") loaded by ``load_role``. uncond: default SD text context of "".
+    kwargs: passed to :func:`img2img` (generator, sampler, ...).
     """
-    from ..models.sd import sd_unconditional
+    from .sd import sd_unconditional
 
-    if uncond is None and kwargs.get("guidance_scale", 7.5) > 1.0:
+    if uncond is None and kwargs["sampler"].guidance_scale > 1.0:
         uncond = sd_unconditional(parts)
-    return img2img(parts.unet, parts.vae, parts.scheduler, init_images, text_ctx, uncond, **kwargs)
+    return img2img(Pipe(parts.unet, parts.vae, parts.scheduler), init_images, text_ctx, uncond, **kwargs)

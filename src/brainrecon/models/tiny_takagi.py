@@ -1,28 +1,8 @@
-"""Model roles of Takagi & Nishimoto's decoded-input extensions (+T, +D), via :func:`register_role`.
+"""Tiny stand-ins of the Takagi & Nishimoto +T / +D roles (``blip``, ``dpt``, ``sd2_depth``).
 
-====== ======================================== ==================================================
-role   repository                               components (subfolder)
-====== ======================================== ==================================================
-blip   Salesforce/blip-image-captioning-base    model (BlipForConditionalGeneration), processor
-                                                (BlipProcessor = BlipImageProcessor + BertTokenizer),
-                                                all at the repo root
-dpt    Intel/dpt-large                          model (DPTForDepthEstimation), image_processor
-                                                (DPTImageProcessor), repo root
-sd2_depth stabilityai/stable-diffusion-2-depth  unet (UNet2DConditionModel, 5 input channels:
-                                                4 latent + 1 depth), vae, text_encoder
-                                                (CLIPTextModel), tokenizer, scheduler (PNDM config,
-                                                loaded as DDIM), depth_estimator
-                                                (DPTForDepthEstimation), feature_extractor
-                                                (DPTImageProcessor)
-====== ======================================== ==================================================
-
-Importing this module registers the three roles (``brainrecon.models.registry.ROLES``); the
-registry's generic code fetches (:func:`~brainrecon.models.registry.fetch_model`), builds the tiny
-stand-ins (:func:`~brainrecon.models.registry.build_tiny`) and loads them
-(:func:`~brainrecon.models.registry.load_role`) — the same loading code for real and tiny weights.
-
-Tiny stand-ins: the same classes from small configs with seeded random weights, saved in the real
-repositories' file layout:
+The same classes as the real models from small configs with seeded random weights; the registry
+(:mod:`brainrecon.models.registry`) saves them in the real repositories' file layout and loads them
+with the same code as real weights:
 
 - ``blip``: ViT 32 px / patch 8 (17 tokens at the native size; the features stage reads it at any
   size with ``interpolate_pos_encoding``), hidden 32; BERT text decoder hidden 32, 2 layers,
@@ -46,21 +26,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .registry import (
-    ROLES,
-    DIFFUSERS_WEIGHTS,
-    TRANSFORMERS_WEIGHTS,
-    ComponentSpec,
-    RoleSpec,
-    register_role,
-)
-
-TAKAGI_ROLES = ("blip", "dpt", "sd2_depth")
-
-BLIP_REPO = "Salesforce/blip-image-captioning-base"
-DPT_REPO = "Intel/dpt-large"
-SD2_DEPTH_REPO = "stabilityai/stable-diffusion-2-depth"
-
 #: tokenizer files of the BLIP repo root (fetched along with the processor's preprocessor_config.json)
 BLIP_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -73,61 +38,6 @@ TINY_BLIP_WORDS = (
 ).split()
 TINY_IMAGE = 32
 TINY_DIM = 32
-
-
-def _model(name, sub, cls, library="transformers"):
-    if library == "transformers":
-        return ComponentSpec(name, sub, library, cls, "model", f"transformers:{cls}", TRANSFORMERS_WEIGHTS)
-    return ComponentSpec(name, sub, library, cls, "model", f"diffusers:{cls}", DIFFUSERS_WEIGHTS)
-
-
-def _processor(name, sub, saved_class, load_class):
-    return ComponentSpec(name, sub, "transformers", saved_class, "processor", f"transformers:{load_class}")
-
-
-BLIP_ROLE = RoleSpec(
-    name="blip",
-    repo_id=BLIP_REPO,
-    components=(
-        _model("model", None, "BlipForConditionalGeneration"),
-        _processor("processor", None, "BlipProcessor", "BlipProcessor"),
-    ),
-    extra_patterns=tuple(f.replace(".", r"\.") for f in BLIP_TOKENIZER_FILES),
-    write_tiny="brainrecon.models.takagi_roles:write_tiny_blip",
-)
-
-DPT_ROLE = RoleSpec(
-    name="dpt",
-    repo_id=DPT_REPO,
-    components=(
-        _model("model", None, "DPTForDepthEstimation"),
-        _processor("image_processor", None, "DPTImageProcessor", "DPTImageProcessor"),
-    ),
-    build_tiny="brainrecon.models.takagi_roles:build_dpt_components",
-)
-
-SD2_DEPTH_ROLE = RoleSpec(
-    name="sd2_depth",
-    repo_id=SD2_DEPTH_REPO,
-    components=(
-        _model("unet", "unet", "UNet2DConditionModel", library="diffusers"),
-        _model("vae", "vae", "AutoencoderKL", library="diffusers"),
-        _model("text_encoder", "text_encoder", "CLIPTextModel"),
-        ComponentSpec("tokenizer", "tokenizer", "transformers", "CLIPTokenizer", "tokenizer",
-                      "transformers:CLIPTokenizer"),
-        ComponentSpec("scheduler", "scheduler", "diffusers", "PNDMScheduler", "scheduler",
-                      "diffusers:DDIMScheduler"),
-        _model("depth_estimator", "depth_estimator", "DPTForDepthEstimation"),
-        # the hub's model_index names the deprecated feature-extractor class; loaded as the image processor
-        _processor("feature_extractor", "feature_extractor", "DPTFeatureExtractor", "DPTImageProcessor"),
-    ),
-    build_tiny="brainrecon.models.takagi_roles:build_sd2_depth_components",
-    pipeline_class="StableDiffusionDepth2ImgPipeline",
-)
-
-for _spec in (BLIP_ROLE, DPT_ROLE, SD2_DEPTH_ROLE):
-    if _spec.name not in ROLES:  # importing twice (e.g. module reload) must not fail
-        register_role(_spec)
 
 
 # ----------------------------------------------------------------------------- tiny BLIP
@@ -243,7 +153,7 @@ def build_sd2_depth_components(seed: int = 0) -> dict:
 
 
 __all__ = [
-    "TAKAGI_ROLES", "BLIP_ROLE", "DPT_ROLE", "SD2_DEPTH_ROLE", "tiny_blip_vocab", "tiny_blip_tokenizer",
+    "BLIP_TOKENIZER_FILES", "tiny_blip_vocab", "tiny_blip_tokenizer",
     "build_blip_components", "write_tiny_blip", "tiny_dpt_config", "tiny_dpt_processor", "build_dpt_components",
     "build_sd2_depth_components",
 ]
