@@ -27,6 +27,16 @@ def run_snakemake(*args, cwd=REPO, check=False, timeout=900, env=None):
     return proc
 
 
+def extract(space, out, inputs, *, batch_size=8, model_source=None, **options):
+    """:func:`brainrecon.features.extract_features` on CPU with the space's schema-default settings,
+    ``options`` overriding some of them."""
+    from brainrecon.features import default_options, extract_features
+    from brainrecon.models.plan import Runtime
+
+    return extract_features(space, out, inputs, {**default_options(space), **options},
+                            Runtime("cpu", "float32", batch_size), model_source=model_source, progress=False)
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

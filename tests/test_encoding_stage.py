@@ -1,4 +1,4 @@
-"""The encoding stage (brainrecon.encoding.stage) and its feature spaces (brainrecon.features.encoding_spaces).
+"""The encoding stage (brainrecon.encoding.stage) and its feature spaces (brainrecon.features.diffusion_spaces).
 
 - z vs c on the synthetic NSD with a planted signal, through the stage glue with tiny random-weight SD
   features: "early" voxels (planted to follow low-level image content) are predicted better by z, "ventral"
@@ -23,13 +23,17 @@ import pytest
 import torch
 import yaml
 
+from brainrecon.config import defaults
+from brainrecon.encoding import plan as ep
+from brainrecon.encoding.plan import FitSettings
 from brainrecon.encoding.stage import fit_encoding, image_folds, read_stats, summarise_rois
-from brainrecon.features import SPACES, extract_features
-from brainrecon.features import encoding_spaces as es
+from brainrecon.features import diffusion_spaces as ds
+from brainrecon.features import plan as fp
+from brainrecon.features import space_options
 from brainrecon.models import load_model, prepare_model
 from brainrecon.nsd import layout
 from brainrecon.nsd.prepare import prepare_subject, write_captions_table, write_stimulus_index
-from conftest import REPO, run_snakemake
+from conftest import REPO, extract, run_snakemake
 
 torch.set_num_threads(1)
 SUBJECT = 1
@@ -70,9 +74,9 @@ def planted(tmp_path_factory, sd_folder):
     """Synthetic NSD (1 subject, 120 images of which 30 test, 2 repetitions, SNR 4, 64 px) with z (sdz at
     64 px: 4x16x16) and c (sdc) of the tiny random-weight SD."""
     s = _synth(tmp_path_factory.mktemp("enc_planted"), 120, 30, 2, 4.0, 64)
+    inputs = {"stimuli": s["stim"], "captions": s["caps"], "brick": s["brick"], "model": sd_folder}
     for space, kw in (("sdz", {"sdz_size": 64}), ("sdc", {})):
-        s[space] = extract_features(space, s["dir"] / f"{space}.h5", s["stim"], s["caps"], s["brick"], sd_folder,
-                                    batch_size=32, progress=False, **kw)
+        s[space] = extract(space, s["dir"] / f"{space}.h5", inputs, batch_size=32, **kw)
     return s
 
 
@@ -80,9 +84,9 @@ def planted(tmp_path_factory, sd_folder):
 def small(tmp_path_factory, sd_folder):
     """A small synthetic NSD (12 images, 32 px) and its sdz (32 px) / sdc features, for the extractors."""
     s = _synth(tmp_path_factory.mktemp("enc_small"), 12, 4, 3, 2.0, 32)
+    inputs = {"stimuli": s["stim"], "captions": s["caps"], "brick": s["brick"], "model": sd_folder}
     for space, kw in (("sdz", {"sdz_size": 32}), ("sdc", {})):
-        s[space] = extract_features(space, s["dir"] / f"{space}.h5", s["stim"], s["caps"], s["brick"], sd_folder,
-                                    batch_size=16, progress=False, **kw)
+        s[space] = extract(space, s["dir"] / f"{space}.h5", inputs, batch_size=16, **kw)
     return s
 
 
@@ -97,11 +101,15 @@ def _groups(prep_h5, root) -> np.ndarray:
     return np.asarray([where[tuple(x)] for x in pijk.tolist()])
 
 
-def _fit(prep, feats, out, name, **kw):
-    kw.setdefault("alphas", ALPHAS)
-    kw.setdefault("cv", 5)
-    summary = fit_encoding(prep, feats, out / f"{name}.h5", out / f"{name}_r.nii.gz", out / f"{name}_sig.nii.gz",
-                           out / f"{name}_rois.csv", progress=False, **kw)
+def _fit(prep, feats, out, name, space=None, subject=None, **kw):
+    """fit_encoding with the schema's encoding settings (numpy backend), ``kw`` overriding some."""
+    enc = defaults("encoding")
+    settings = {**ep.fit_settings({"encoding": enc, "regression": {"backend": "numpy"}}),
+                "alphas": ALPHAS, "cv": 5, **kw}
+    outputs = {"h5": out / f"{name}.h5", "r": out / f"{name}_r.nii.gz", "sig": out / f"{name}_sig.nii.gz",
+               "rois": out / f"{name}_rois.csv"}
+    summary = fit_encoding(prep, feats, outputs, FitSettings(**settings), space=space, subject=subject,
+                           progress=False)
     return summary, read_stats(out / f"{name}.h5")
 
 
@@ -293,12 +301,12 @@ def test_unet_extractor_hooks_named_block_at_named_step(small, sd_parts):
     from brainrecon.models.diffusion import Sampler, sd_img2img
 
     ids, images = _images(small, 3)
-    kw = dict(unet_strength=0.8, num_inference_steps=5, guidance_scale=5.0, seed=0, image_size=32,
+    kw = dict(unet_strength=0.8, num_inference_steps=5, guidance_scale=5.0, eta=0.0, seed=0, image_size=32,
               c_features=small["sdc"])  # int(0.8 * 5) = 4 denoising steps
     # reference: the whole run, every mid-block output recorded per UNet call
     rec = []
     h = sd_parts.unet.mid_block.register_forward_hook(lambda m, i, o: rec.append(o.detach().clone()))
-    c = torch.from_numpy(es.CTable(small["sdc"]).rows(ids))
+    c = torch.from_numpy(ds.CTable(small["sdc"]).rows(ids))
     try:
         sd_img2img(sd_parts, _resize_unit(images, 32), c, uncond=sd_unconditional(sd_parts),
                    generator=image_generators(0, ids),
@@ -306,8 +314,13 @@ def test_unet_extractor_hooks_named_block_at_named_step(small, sd_parts):
     finally:
         h.remove()
     assert len(rec) == 4 and rec[0].shape[0] == 6  # [uncond; cond] of 3 images per call
+    kw = {"pool": 1, "storage_dtype": "float16", **kw}
+
+    def unet(block, step, **over):
+        return ds.setup_unet(sd_parts, block=block, step=step, **{**kw, **over})
+
     for step in (1, 3):
-        ext = es.setup_unet(sd_parts, "mid", step, **kw)
+        ext = unet("mid", step)
         counter = _CallCounter(sd_parts.unet)
         try:
             out = ext(ids, images)
@@ -318,37 +331,37 @@ def test_unet_extractor_hooks_named_block_at_named_step(small, sd_parts):
         np.testing.assert_allclose(out, rec[step - 1][3:].numpy(), rtol=1e-5, atol=1e-6)  # conditional half
         assert not np.allclose(out, rec[step - 1][:3].numpy())
     # another block at the same step gives that block's output (down blocks: hidden states, not residuals)
-    down = es.setup_unet(sd_parts, "down1", 2, **kw)(ids, images)
+    down = unet("down1", 2)(ids, images)
     assert down.shape[1] == sd_parts.unet.down_blocks[1].resnets[-1].out_channels
     # pooling: 2 -> means of 2x2 cells, "global" -> channel means, stored as float16 by default
-    full = es.setup_unet(sd_parts, "up1", 2, **kw)(ids, images)
+    full = unet("up1", 2)(ids, images)
     b, C, hh, ww = full.shape
-    pooled = es.setup_unet(sd_parts, "up1", 2, pool=2, **kw)(ids, images)
+    pooled = unet("up1", 2, pool=2)(ids, images)
     np.testing.assert_allclose(pooled, full.reshape(b, C, hh // 2, 2, ww // 2, 2).mean(axis=(3, 5)), rtol=1e-5,
                                atol=1e-6)
-    glob = es.setup_unet(sd_parts, "up1", 2, pool="global", **kw)
+    glob = unet("up1", 2, pool="global")
     np.testing.assert_allclose(glob(ids, images), full.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
     assert glob.storage_dtype == "float16"
     with pytest.raises(ValueError, match="outside the run's denoising steps 1..4"):
-        es.setup_unet(sd_parts, "mid", 5, **kw)
+        unet("mid", 5)
     with pytest.raises(ValueError, match="pool must be"):
-        es.setup_unet(sd_parts, "mid", 1, pool=0, **kw)
+        unet("mid", 1, pool=0)
     with pytest.raises(ValueError, match="has 2 up blocks"):
-        es.setup_unet(sd_parts, "up2", 1, **kw)
+        unet("up2", 1)
 
 
 def test_zc_runs_int_strength_steps_from_z(small, sd_parts):
     ids, images = _images(small, 3)
-    kw = dict(num_inference_steps=10, guidance_scale=5.0, seed=0, c_features=small["sdc"])
+    kw = dict(num_inference_steps=10, guidance_scale=5.0, eta=0.0, seed=0, c_features=small["sdc"])
     with h5py.File(small["sdz"], "r") as f:  # the images' rows of the sdz file (train or test split)
         z_rows = np.concatenate([f["train/features"][()], f["test/features"][()]])
         z_ids = np.concatenate([f["train/nsd_ids"][()], f["test/nsd_ids"][()]])
         z = z_rows[[int(np.flatnonzero(z_ids == i)[0]) for i in ids]].reshape(3, 4, 8, 8)
     # strength 0: no step, the latent is the image's z itself (same preprocessing as the sdz space)
-    zc0 = es.setup_zc(sd_parts, 0.0, image_size=32, **kw)(ids, images)
+    zc0 = ds.setup_zc(sd_parts, strength=0.0, image_size=32, **kw)(ids, images)
     np.testing.assert_allclose(zc0, z, rtol=1e-5, atol=1e-6)
     for s in (0.25, 0.5, 0.99):
-        ext = es.setup_zc(sd_parts, s, image_size=32, **kw)
+        ext = ds.setup_zc(sd_parts, strength=s, image_size=32, **kw)
         counter = _CallCounter(sd_parts.unet)
         try:
             out = ext(ids, images)
@@ -358,18 +371,20 @@ def test_zc_runs_int_strength_steps_from_z(small, sd_parts):
         assert ext.settings["denoising_steps"] == int(s * 10)
         assert out.shape == z.shape and not np.allclose(out, z, atol=1e-3)
     # seeded per nsdId: an image alone gives the same latent as in a batch
-    batch = es.setup_zc(sd_parts, 0.5, image_size=32, **kw)(ids, images)
-    alone = es.setup_zc(sd_parts, 0.5, image_size=32, **kw)(ids[1:2], images[1:2])
+    batch = ds.setup_zc(sd_parts, strength=0.5, image_size=32, **kw)(ids, images)
+    alone = ds.setup_zc(sd_parts, strength=0.5, image_size=32, **kw)(ids[1:2], images[1:2])
     np.testing.assert_allclose(alone[0], batch[1], rtol=1e-4, atol=2e-5)  # float batching noise only
 
 
 def test_encoding_features_written_by_the_features_writer(small, sd_folder, tmp_path):
-    opts = es.encoding_feature_options("unet_mid_t2", {"img2img": {"num_inference_steps": 5, "image_size": 32},
-                                                       "unet": {"strength": 0.8, "pool": 1}})
+    enc = defaults("encoding")
+    enc["img2img"].update(num_inference_steps=5, image_size=32)
+    enc["unet"].update(strength=0.8, pool=1)
+    opts = space_options("unet_mid_t2", {"encoding": enc})
     assert opts["unet_strength"] == 0.8 and opts["storage_dtype"] == "float16"
-    out = es.extract_encoding_features("unet_mid_t2", tmp_path / "u.h5", small["stim"], small["brick"], sd_folder,
-                                       small["sdc"], options=opts, batch_size=5, progress=False)
-    assert "unet_mid_t2" in SPACES and SPACES["unet_mid_t2"].role == "sd"
+    inputs = {"stimuli": small["stim"], "brick": small["brick"], "model": sd_folder, "c": small["sdc"]}
+    out = extract("unet_mid_t2", tmp_path / "u.h5", inputs, batch_size=5, **opts)
+    assert fp.get_space("unet_mid_t2").role == "sd" and fp.get_space("unet_mid_t2").reads_c
     stim = pd.read_csv(small["stim"])
     with h5py.File(out, "r") as f:
         assert f.attrs["space"] == "unet_mid_t2" and f.attrs["storage_dtype"] == "float16"
@@ -379,56 +394,57 @@ def test_encoding_features_written_by_the_features_writer(small, sd_folder, tmp_
             assert np.array_equal(f[f"{split}/nsd_ids"][()], want)
             assert f[f"{split}/features"].dtype == np.float16
             assert f[f"{split}/features"].shape == (want.size, int(np.prod(f.attrs["feature_shape"])))
-    opts = es.encoding_feature_options("zc_s0.4", {"img2img": {"num_inference_steps": 5, "image_size": 32}})
+    opts = space_options("zc_s0.4", {"encoding": enc})
     assert "pool" not in opts and "unet_strength" not in opts
-    out = es.extract_encoding_features("zc_s0.4", tmp_path / "zc.h5", small["stim"], small["brick"], sd_folder,
-                                       small["sdc"], options=opts, batch_size=4, progress=False)
+    out = extract("zc_s0.4", tmp_path / "zc.h5", inputs, batch_size=4, **opts)
     with h5py.File(out, "r") as f:
         assert list(f.attrs["feature_shape"]) == [4, 8, 8] and int(f.attrs["denoising_steps"]) == 2
         assert f["train/features"].dtype == np.float32
     with pytest.raises(FileNotFoundError, match="c features file"):
-        es.extract_encoding_features("zc_s0.4", tmp_path / "x.h5", small["stim"], small["brick"], sd_folder,
-                                     tmp_path / "missing.h5", options=opts, progress=False)
+        extract("zc_s0.4", tmp_path / "x.h5", {**inputs, "c": tmp_path / "missing.h5"}, **opts)
     assert not (tmp_path / "x.h5").exists()
+    with pytest.raises(ValueError, match="reads c"):
+        extract("zc_s0.4", tmp_path / "x.h5", {k: v for k, v in inputs.items() if k != "c"}, **opts)
 
 
 # ----------------------------------------------------------------------------- names and config
 def test_space_names_are_canonical_and_filesystem_safe():
-    assert es.zc_space_name(0.4) == "zc_s0.4" and es.zc_space_name(1) == "zc_s1.0"
-    assert es.zc_space_name(0.125) == "zc_s0.125" and es.unet_space_name("down1", 10) == "unet_down1_t10"
+    assert fp.zc_space_name(0.4) == "zc_s0.4" and fp.zc_space_name(1) == "zc_s1.0"
+    assert fp.zc_space_name(0.125) == "zc_s0.125" and fp.unet_space_name("down1", 10) == "unet_down1_t10"
     for name in ("zc_s0.4", "zc_s0.25", "zc_s1.0", "unet_mid_t1", "unet_up3_t40", "unet_down0_t20"):
-        assert re.fullmatch(r"[a-z0-9_.]+", name) and es.is_encoding_space(name)
-        assert re.fullmatch(es.ENCODING_SPACE_RE, name)
-        p = es.parse_encoding_space(name)
-        again = es.zc_space_name(p["strength"]) if p["kind"] == "zc" else es.unet_space_name(p["block"], p["step"])
+        assert re.fullmatch(r"[a-z0-9_.]+", name) and fp.is_parametric(name)
+        assert re.fullmatch(fp.PARAMETRIC_RE, name)
+        p = fp.parse_parametric(name)
+        again = fp.zc_space_name(p["strength"]) if p["kind"] == "zc" else fp.unet_space_name(p["block"], p["step"])
         assert again == name
-    assert es.parse_encoding_space("unet_up3_t40") == {"kind": "unet", "block": "up3", "step": 40}
+    assert fp.parse_parametric("unet_up3_t40") == {"kind": "unet", "block": "up3", "step": 40}
     for bad in ("zc_s0.40", "zc_s.4", "zc_s1.5", "zc_s0.0", "unet_mid_t0", "unet_mid_t01", "unet_down01_t1",
                 "unet_side_t1", "sdz", "zc_s0.4/x"):
         with pytest.raises(ValueError):
-            es.parse_encoding_space(bad)
+            fp.parse_parametric(bad)
     with pytest.raises(ValueError, match="3 decimals"):
-        es.zc_space_name(0.1234)
-    assert es.describe_space("sdz")["label"] == "z" and es.describe_space("sdc")["kind"] == "c"
-    assert es.describe_space("zc_s0.4")["label"] == "zc s=0.4"
-    assert es.describe_space("unet_mid_t10")["label"] == "mid t=10"
+        fp.zc_space_name(0.1234)
+    assert ep.describe_space("sdz")["label"] == "z" and ep.describe_space("sdc")["kind"] == "c"
+    assert ep.describe_space("zc_s0.4")["label"] == "zc s=0.4"
+    assert ep.describe_space("unet_mid_t10")["label"] == "mid t=10"
 
 
 def test_encoding_config_names_and_checks():
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["encoding"]
-    names = es.encoding_space_names(cfg, known=list(SPACES))
+    cfg = {**defaults("encoding"), **cfg}
+    names = ep.space_names(cfg)
     assert names[:6] == ["sdz", "sdc", "zc_s0.2", "zc_s0.4", "zc_s0.6", "zc_s0.8"]
     assert len(names) == 6 + 3 * 3 and "unet_up3_t40" in names
-    assert es.encoding_figure_names(names) == ["spaces", "noise_levels", "unet_steps", "unet_layers"]
-    assert es.encoding_figure_names(["sdz", "sdc"]) == ["spaces"]
+    assert ep.figure_names(names) == ["spaces", "noise_levels", "unet_steps", "unet_layers"]
+    assert ep.figure_names(["sdz", "sdc"]) == ["spaces"]
     with pytest.raises(ValueError, match="encoding.unet.steps: step.*exceed the 40"):
-        es.encoding_space_names({**cfg, "unet": {**cfg["unet"], "steps": [41]}})
+        ep.space_names({**cfg, "unet": {**cfg["unet"], "steps": [41]}})
     with pytest.raises(ValueError, match=r"encoding.zc_strengths\[0\]"):
-        es.encoding_space_names({**cfg, "zc_strengths": [0.12345]})
+        ep.space_names({**cfg, "zc_strengths": [0.12345]})
     with pytest.raises(ValueError, match=r"encoding.spaces\[0\]: unknown feature space 'nope'"):
-        es.encoding_space_names({**cfg, "spaces": ["nope"]}, known=list(SPACES))
+        ep.space_names({**cfg, "spaces": ["nope"]})
     with pytest.raises(ValueError, match="figure_roi_file"):
-        es.encoding_space_names({**cfg, "figure_roi_file": "floc-faces", "roi_files": ["streams"]})
+        ep.space_names({**cfg, "figure_roi_file": "floc-faces", "roi_files": ["streams"]})
 
 
 def _jobs(stdout: str) -> dict[str, int]:

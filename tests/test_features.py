@@ -20,7 +20,7 @@ from brainrecon.features import SPACES, extract_features, image_seed, space_role
 from brainrecon.models import load_model, prepare_model
 from brainrecon.models.vdvae import VDVAEConfig, flatten_latents, latent_dims, preprocess
 from brainrecon.nsd.readers import NSDFileError
-from conftest import REPO, run_snakemake
+from conftest import REPO, extract, run_snakemake
 
 torch.set_num_threads(1)
 
@@ -36,12 +36,11 @@ def models(tmp_path_factory):
     return {role: prepare_model(role, d / role, "tiny", seed=0) for role in ("vdvae", "vd", "sd")}
 
 
-def run(space, out, nsd, models, batch_size=BASE_BATCH, **kw):
-    kw.setdefault("stimuli_csv", nsd["stimuli"])
-    kw.setdefault("captions_csv", nsd["captions"])
-    kw.setdefault("brick_path", nsd["brick"])
-    kw.setdefault("model_folder", models[ROLE[space]])
-    return extract_features(space, out, batch_size=batch_size, progress=False, **kw)
+def run(space, out, nsd, models, batch_size=BASE_BATCH, model_source=None, stimuli_csv=None, captions_csv=None,
+        brick_path=None, model_folder=None, **options):
+    inputs = {"stimuli": stimuli_csv or nsd["stimuli"], "captions": captions_csv or nsd["captions"],
+              "brick": brick_path or nsd["brick"], "model": model_folder or models[ROLE[space]]}
+    return extract(space, out, inputs, batch_size=batch_size, model_source=model_source, **options)
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +252,7 @@ def test_unknown_space_and_option(nsd, models, tmp_path):
     out = tmp_path / "out" / "f.h5"
     out.parent.mkdir()
     with pytest.raises(KeyError, match=r"unknown feature space 'clip'.*cliptext"):
-        extract_features("clip", out, nsd["stimuli"], nsd["captions"], nsd["brick"], models["vd"])
+        extract_features("clip", out, {"stimuli": nsd["stimuli"], "model": models["vd"]}, {}, None)
     with pytest.raises(TypeError, match=r"'clipvision' takes no option.*vdvae_layers"):
         run("clipvision", out, nsd, models, vdvae_layers=3)
     _no_output(out)

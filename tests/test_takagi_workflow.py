@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from brainrecon.config import validate_config
-from brainrecon.features import SPACES, extract_features, space_role
+from brainrecon.features import SPACES, default_options, space_role
 from brainrecon.models import load_model, prepare_model
 from brainrecon.nsd import layout
-from conftest import REPO, run_snakemake
+from conftest import REPO, extract, run_snakemake
 
 torch.set_num_threads(1)
 
@@ -26,14 +26,18 @@ def folders(tmp_path_factory):
     return {r: prepare_model(r, d / r, "tiny", seed=0) for r in ("blip", "dpt")}
 
 
+def inp(nsd, model):
+    return {"stimuli": nsd["stimuli"], "brick": nsd["brick"], "model": model}
+
+
 def test_spaces_registered():
     assert space_role("blip") == "blip" and space_role("dpt") == "dpt"
-    assert SPACES["dpt"].options["dpt_dtype"] == "float16" and SPACES["blip"].options["blip_size"] == 240
+    assert SPACES["dpt"].config_keys == ("dpt_resize", "dpt_dtype")
+    assert default_options("dpt")["dpt_dtype"] == "float16" and default_options("blip")["blip_size"] == 240
 
 
 def test_blip_features_are_the_vit_tokens(tmp_path, nsd, folders):
-    out = extract_features("blip", tmp_path / "blip.h5", nsd["stimuli"], brick_path=nsd["brick"],
-                           model_folder=folders["blip"], batch_size=5, progress=False, blip_size=24)
+    out = extract("blip", tmp_path / "blip.h5", inp(nsd, folders["blip"]), batch_size=5, blip_size=24)
     parts = load_model("blip", folders["blip"])
     with h5py.File(out) as f:
         assert tuple(f.attrs["feature_shape"]) == (10, 32)  # (24 / 8)^2 patches + CLS at 24 px
@@ -49,22 +53,19 @@ def test_blip_features_are_the_vit_tokens(tmp_path, nsd, folders):
         ref = parts.model.vision_model(pixel_values=pv, interpolate_pos_encoding=True).last_hidden_state
     np.testing.assert_allclose(x.reshape(len(ids), 10, 32), ref.numpy(), atol=1e-5)
     # normalisation off (the reference's ToTensor pixels) changes the tokens
-    out2 = extract_features("blip", tmp_path / "blip2.h5", nsd["stimuli"], brick_path=nsd["brick"],
-                            model_folder=folders["blip"], batch_size=5, progress=False, blip_size=24,
-                            blip_normalize=False)
+    out2 = extract("blip", tmp_path / "blip2.h5", inp(nsd, folders["blip"]), batch_size=5, blip_size=24,
+                   blip_normalize=False)
     with h5py.File(out2) as f:
         assert not np.allclose(f["test/features"][()], x)
     with pytest.raises(ValueError, match="multiple of the ViT patch size"):
-        extract_features("blip", tmp_path / "bad.h5", nsd["stimuli"], brick_path=nsd["brick"],
-                         model_folder=folders["blip"], progress=False, blip_size=20)
+        extract("blip", tmp_path / "bad.h5", inp(nsd, folders["blip"]), blip_size=20)
     assert not (tmp_path / "bad.h5").exists()
 
 
 def test_dpt_features_float16_and_depth_round_trip(tmp_path, nsd, folders):
     from brainrecon.reconstruct.takagi import decode_depth
 
-    out = extract_features("dpt", tmp_path / "dpt.h5", nsd["stimuli"], brick_path=nsd["brick"],
-                           model_folder=folders["dpt"], batch_size=5, progress=False, dpt_resize=48)
+    out = extract("dpt", tmp_path / "dpt.h5", inp(nsd, folders["dpt"]), batch_size=5, dpt_resize=48)
     parts = load_model("dpt", folders["dpt"])
     with h5py.File(out) as f:
         assert tuple(f.attrs["feature_shape"]) == (4 * 17, 32)
@@ -86,15 +87,13 @@ def test_dpt_features_float16_and_depth_round_trip(tmp_path, nsd, folders):
     lo, hi = ref.amin((1, 2, 3), keepdim=True), ref.amax((1, 2, 3), keepdim=True)
     ref = (2 * (ref - lo) / (hi - lo) - 1).numpy()
     assert np.corrcoef(d.ravel(), ref.ravel())[0, 1] > 0.99
-    out32 = extract_features("dpt", tmp_path / "dpt32.h5", nsd["stimuli"], brick_path=nsd["brick"],
-                             model_folder=folders["dpt"], batch_size=5, progress=False, dpt_resize=48,
-                             dpt_dtype="float32")
+    out32 = extract("dpt", tmp_path / "dpt32.h5", inp(nsd, folders["dpt"]), batch_size=5, dpt_resize=48,
+                    dpt_dtype="float32")
     with h5py.File(out32) as f:
         assert f["test/features"].dtype == np.float32
         np.testing.assert_allclose(f["test/features"][()], x, rtol=2e-3, atol=2e-3)
     with pytest.raises(ValueError, match="dpt_dtype"):
-        extract_features("dpt", tmp_path / "bad.h5", nsd["stimuli"], brick_path=nsd["brick"],
-                         model_folder=folders["dpt"], progress=False, dpt_dtype="int8")
+        extract("dpt", tmp_path / "bad.h5", inp(nsd, folders["dpt"]), dpt_dtype="int8")
 
 
 def test_ridge_reads_float16_features(tmp_path):

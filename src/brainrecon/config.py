@@ -28,19 +28,67 @@ def _path_str(path) -> str:
 
 
 def _fill_defaults(schema: dict, inst):
-    """Fill ``default`` values of object properties recursively (in place)."""
+    """Fill ``default`` values of object properties recursively (in place), map entries included
+    (the objects of an ``additionalProperties`` schema, e.g. each ``regression.spaces.<space>``)."""
     if not isinstance(inst, dict) or schema.get("type") != "object":
         return
-    for key, sub in schema.get("properties", {}).items():
+    props = schema.get("properties", {})
+    for key, sub in props.items():
         if key not in inst and "default" in sub:
             inst[key] = copy.deepcopy(sub["default"])
         if key in inst:
             _fill_defaults(sub, inst[key])
+    entries = schema.get("additionalProperties")
+    if isinstance(entries, dict):
+        for key, value in inst.items():
+            if key not in props:
+                _fill_defaults(entries, value)
+
+
+_SCHEMA_CACHE: dict[str, dict] = {}
 
 
 def load_schema(path=SCHEMA_PATH) -> dict:
-    with open(path) as fh:
-        return yaml.safe_load(fh)
+    key = str(path)
+    if key not in _SCHEMA_CACHE:
+        with open(path) as fh:
+            _SCHEMA_CACHE[key] = yaml.safe_load(fh)
+    return copy.deepcopy(_SCHEMA_CACHE[key])
+
+
+def section_schema(section: str, schema: dict | None = None) -> dict:
+    """The schema of a dotted config section (``"methods.takagi"``, ``"encoding.img2img"``)."""
+    node = schema or load_schema()
+    for part in section.split("."):
+        props = node.get("properties", {})
+        if part not in props:
+            raise KeyError(f"config schema has no section {section!r} (no {part!r}; has {sorted(props)})")
+        node = props[part]
+    return node
+
+
+def defaults(section: str) -> dict:
+    """The schema's defaults of a config section, filled recursively: the one home of every default
+    (library code that runs outside the workflow, e.g. tests, builds its settings from these)."""
+    out: dict = {}
+    _fill_defaults(section_schema(section), out)
+    return out
+
+
+def section_settings(section: str, values=None) -> dict:
+    """``values`` (a mapping of the section's keys) over the section's defaults, validated against the
+    section's schema; a ``ConfigError`` names the key. What a stage's settings object is built from."""
+    import jsonschema
+
+    sub = section_schema(section)
+    out = copy.deepcopy(dict(values or {}))
+    _fill_defaults(sub, out)
+    errors = sorted(jsonschema.Draft202012Validator(sub).iter_errors(out), key=lambda e: list(e.absolute_path))
+    if errors:
+        msgs = [f"config key {section}{'.' if e.absolute_path else ''}{_path_str(e.absolute_path) if e.absolute_path else ''}: "
+                f"value {e.instance!r} is invalid: {e.message}" for e in errors]
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(msgs))
+    return out
 
 
 def validate_config(config: dict, schema: dict | None = None, check_paths: bool = True) -> dict:
@@ -115,12 +163,3 @@ def _declared_input_paths(config: dict):
         for role, spec in (config.get(section) or {}).get("local_paths", {}).items():
             out.append((f"{section}.local_paths.{role}", spec))
     return out
-
-
-def subjects(config: dict) -> list[str]:
-    """Configured subjects as zero-padded strings ("01")."""
-    return [f"{int(s):02d}" for s in config["nsd"]["subjects"]]
-
-
-def sessions(config: dict) -> list[int]:
-    return list(range(1, int(config["nsd"]["sessions"]) + 1))

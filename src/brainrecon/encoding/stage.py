@@ -42,20 +42,18 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from brainrecon.encoding.analysis import DEFAULT_ALPHAS, encoding_analysis
+from brainrecon.encoding.analysis import encoding_analysis
 from brainrecon.encoding.figures import plot_r_by_roi, slice_mosaic
 from brainrecon.encoding.maps import save_map_nifti, to_volume
 from brainrecon.encoding.pca import pca_scores
+from brainrecon.encoding.plan import FIGURE_NAMES, FitSettings, describe_space
 from brainrecon.encoding.rois import roi_summary
-from brainrecon.features.encoding_spaces import FIGURE_NAMES, describe_space, format_strength
+from brainrecon.features.plan import format_strength
 from brainrecon.io import atomic_path
 from brainrecon.nsd.rois import label_table
 
 log = logging.getLogger(__name__)
 
-#: ROI files summarised per map (streams, pRF visual areas, category-selective floc ROIs)
-ROI_FILES = ("streams", "prf-visualrois", "floc-faces", "floc-words", "floc-places", "floc-bodies")
-TRAIN_ON = ("single_trial", "averaged")
 #: columns the stage adds in front of :data:`brainrecon.encoding.ROI_SUMMARY_COLUMNS`
 ID_COLUMNS = ["voxels", "subject", "space", "kind", "space_label", "strength", "block", "step"]
 FIGURES = FIGURE_NAMES
@@ -117,45 +115,28 @@ def _check_keys(f: h5py.File, keys: Sequence[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- one map
-def fit_encoding(
-    prepared_h5,
-    features_h5,
-    out_h5,
-    r_nii,
-    sig_nii,
-    roi_csv,
-    *,
-    space: str | None = None,
-    subject: str | int | None = None,
-    n_components: int | None = 6400,
-    alphas=DEFAULT_ALPHAS,
-    cv: int = 5,
-    backend: str = "numpy",
-    train_on: str = "single_trial",
-    standardize_X: bool = False,
-    q: float = 0.05,
-    target_batch: int = 4096,
-    roi_files: Sequence[str] = ROI_FILES,
-    progress: bool = True,
-) -> dict:
+def fit_encoding(prepared_h5, features_h5, outputs: Mapping, settings: FitSettings, *, space: str | None = None,
+                 subject: str | int | None = None, progress: bool = True) -> dict:
     """Fit, evaluate and map one encoding model (see the module docstring).
 
     prepared_h5: ``results/prepared/{voxels}/subjXX.h5``; features_h5: ``results/features/{space}/subjXX.h5``
         (``{split}/features`` (n, D), ``{split}/nsd_ids``; every prepared train/test image must have a row).
-    out_h5: statistics (module docstring). r_nii: Pearson r per voxel (float32, 0 outside the voxel set).
-    sig_nii: 1.0 where the voxel is significant (BH-FDR ``q``), 0.0 elsewhere.
-    roi_csv: :data:`ID_COLUMNS` + :func:`brainrecon.encoding.roi_summary` per label of ``roi_files``.
+    outputs: ``h5`` statistics (module docstring); ``r`` Pearson r per voxel (NIfTI float32, 0 outside the
+        voxel set); ``sig`` 1.0 where the voxel is significant (BH-FDR ``settings.q``), 0.0 elsewhere;
+        ``rois``: :data:`ID_COLUMNS` + :func:`brainrecon.encoding.roi_summary` per label of ``roi_files``.
+    settings: :class:`brainrecon.encoding.plan.FitSettings` — PCA components fitted on the training
+        images (paper 6400; None: no PCA), ridge alphas (several: chosen per voxel by ``cv``-fold CV grouped
+        by image), backend (``torch_cuda``: ridge and PCA on the GPU), ``train_on`` (``single_trial``:
+        ``trials/betas``; ``averaged``: ``train/betas``), ``standardize_X`` (z-score the PCA scores before
+        the ridge; see ``encoding_analysis``), ``q``, ``target_batch``, ``roi_files``.
     space, subject: labels (default: the features file's ``space`` attr / the prepared file's ``subject``).
-    n_components: PCA components fitted on the training images (paper 6400; None: no PCA).
-    alphas, cv: ridge penalties (several: chosen per voxel by ``cv``-fold CV grouped by image).
-    backend: himalaya backend of the ridge (``torch_cuda``: ridge and PCA on the GPU).
-    train_on: ``single_trial`` (``trials/betas``) or ``averaged`` (``train/betas``).
-    standardize_X: z-score the PCA scores before the ridge (default False: see ``encoding_analysis``).
     Returns a summary dict (space, subject, voxel_set, n_voxels, n_significant, median_r, max_r,
     n_components_used, n_train_rows, n_test).
     """
-    if train_on not in TRAIN_ON:
-        raise ValueError(f"train_on must be one of {TRAIN_ON}, got {train_on!r}")
+    n_components, alphas, cv, backend = settings.n_components, settings.alphas, settings.cv, settings.backend
+    train_on, standardize_X, q = settings.train_on, settings.standardize_X, settings.q
+    target_batch, roi_files = settings.target_batch, settings.roi_files
+    out_h5, r_nii, sig_nii, roi_csv = outputs["h5"], outputs["r"], outputs["sig"], outputs["rois"]
     prepared_h5, features_h5 = Path(prepared_h5), Path(features_h5)
     for p, what in ((prepared_h5, "prepared betas"), (features_h5, "features")):
         if not p.is_file():

@@ -18,12 +18,14 @@ import contextlib
 import json
 import logging
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
 from ..io import atomic_path
-from .spaces import get_space
+from ..models.plan import Runtime
+from .plan import FeatureSpace, get_space
 
 log = logging.getLogger(__name__)
 
@@ -155,47 +157,61 @@ def _attr(value):
     return str(value)
 
 
-def extract_features(
-    space: str,
-    out_h5,
-    stimuli_csv,
-    captions_csv=None,
-    brick_path=None,
-    model_folder=None,
-    batch_size: int = 16,
-    device="cpu",
-    dtype="float32",
-    model_source: str | None = None,
-    progress: bool = True,
-    **space_opts,
-) -> Path:
+def _extractors() -> dict:
+    """Setup function of every extractor kind (:attr:`FeatureSpace.kind`), imported now (torch)."""
+    from . import diffusion_spaces as ds
+    from . import extractors as ex
+
+    return {"vdvae": ex.setup_vdvae, "clipvision": ex.setup_clipvision, "cliptext": ex.setup_cliptext,
+            "sdz": ex.setup_sdz, "sdc": ex.setup_sdc, "blip": ex.setup_blip, "dpt": ex.setup_dpt,
+            "zc": ds.setup_zc, "unet": ds.setup_unet}
+
+
+def check_options(spec: FeatureSpace, options: Mapping) -> dict:
+    """The space's config settings: exactly its ``config_keys`` (unknown or missing names are an error)."""
+    given = dict(options or {})
+    unknown = sorted(set(given) - set(spec.config_keys))
+    if unknown:
+        raise TypeError(f"feature space {spec.name!r} takes no option(s) {unknown}; its options: "
+                        f"{sorted(spec.config_keys)}")
+    missing = [k for k in spec.config_keys if k not in given]
+    if missing:
+        raise TypeError(f"feature space {spec.name!r} needs the setting(s) {missing} "
+                        f"(config section {spec.section!r}; brainrecon.features.plan.space_options)")
+    return given
+
+
+def extract_features(space: str, out_h5, inputs: Mapping, options: Mapping, runtime: Runtime, *,
+                     model_source: str | None = None, progress: bool = True) -> Path:
     """Extract the features of every image in the stimulus index and write ``out_h5``.
 
-    space: a registered feature space (:data:`brainrecon.features.SPACES`).
-    stimuli_csv: ``results/prepared/stimuli/subjXX.csv`` (nsdId, brick_row, split).
-    captions_csv: ``..._captions.csv`` (caption spaces). brick_path: ``nsd_stimuli.hdf5`` (image spaces).
-    model_folder: the folder of the space's role (``model_dir(role)``), loaded with
-        :func:`brainrecon.models.load_model`.
-    batch_size: images per model call (results do not depend on it).
-    device, dtype: ``models.device`` / ``models.dtype``; CPU computes in float32, and a space may force
-        its dtype (VDVAE: float32).
+    space: a feature space (:func:`brainrecon.features.plan.get_space`).
+    inputs: the files :func:`brainrecon.features.plan.inputs` names: ``stimuli``
+        (``results/prepared/stimuli/subjXX.csv``: nsdId, brick_row, split), ``model`` (the folder of the
+        space's role, loaded with :func:`brainrecon.models.load_model`), ``brick`` (image spaces) or
+        ``captions`` (caption spaces), ``c`` (the sdc features, spaces that read c).
+    options: the space's config settings (:func:`brainrecon.features.plan.space_options`).
+    runtime: device, dtype (``models.dtype``; CPU computes in float32, a space may force its dtype)
+        and batch size (images per model call; results do not depend on it).
     model_source: recorded in attrs (default: what the loader infers from the folder).
-    space_opts: the space's options (e.g. ``vdvae_layers``); unknown names raise ``TypeError``.
     Returns ``out_h5`` as a Path. Nothing is written under ``out_h5`` unless the whole file is complete.
     """
     import h5py
     import torch
     from tqdm.auto import tqdm
 
-    from .._imports import resolve_ref
     from ..models import load_model, resolve_device, resolve_dtype
     from ..nsd.readers import ImageBrick
 
     spec = get_space(space)
-    opts = spec.resolve_options(space_opts)
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    batch_size = int(batch_size)
+    opts = {**spec.fixed, **check_options(spec, options)}
+    stimuli_csv, captions_csv = inputs.get("stimuli"), inputs.get("captions")
+    brick_path, model_folder = inputs.get("brick"), inputs.get("model")
+    if spec.reads_c:
+        if inputs.get("c") is None:
+            raise ValueError(f"feature space {space!r} reads c: give inputs['c'] (the subject's sdc features file)")
+        opts["c_features"] = str(inputs["c"])
+    batch_size, device, dtype = runtime.batch_size, runtime.device, runtime.dtype
     out_h5 = Path(out_h5)
 
     # ---- inputs first: nothing is loaded or written before they are known to be good
@@ -203,21 +219,21 @@ def extract_features(
     captions = None
     if spec.inputs == "captions":
         if captions_csv is None:
-            raise ValueError(f"feature space {space!r} reads captions: give captions_csv")
+            raise ValueError(f"feature space {space!r} reads captions: give inputs['captions']")
         all_ids = np.concatenate([index[s]["nsdId"].to_numpy() for s in SPLITS])
         captions = read_captions(captions_csv, all_ids)
     else:
         if brick_path is None:
-            raise ValueError(f"feature space {space!r} reads images: give brick_path")
+            raise ValueError(f"feature space {space!r} reads images: give inputs['brick']")
         if not Path(brick_path).is_file():
             raise FileNotFoundError(f"image brick {brick_path} does not exist")
     if model_folder is None:
-        raise ValueError(f"feature space {space!r} needs the folder of model role {spec.role!r}: give model_folder")
+        raise ValueError(f"feature space {space!r} needs the folder of model role {spec.role!r}: give inputs['model']")
 
     dev = resolve_device(device)
     dt = torch.float32 if spec.dtype == "float32" else resolve_dtype(spec.dtype or dtype, dev)
     parts = load_model(spec.role, model_folder, device=dev, dtype=dt, components=spec.components)
-    extractor = resolve_ref(spec.setup)(parts, **opts)
+    extractor = _extractors()[spec.kind](parts, **opts)
     settings = dict(getattr(extractor, "settings", {}))
     source = model_source or parts.source
     n_total = sum(len(index[s]) for s in SPLITS)

@@ -18,6 +18,26 @@ images are batched.
   times the VAE config's ``scaling_factor`` (0.18215) -> (B, 4, 40, 40) at 320 px.
 - ``sdc``: the image's captions -> :func:`brainrecon.models.sd.encode_sd_text` (``last_hidden_state``,
   77x768) -> mean over captions.
+- ``blip`` (Takagi +T, role ``blip``): rows → PIL Lanczos resize to ``blip_size`` px (240, as the
+  reference ``img2feat_blip.py``) → the role's BlipImageProcessor without its own resize (rescale to
+  [0, 1]; with ``blip_normalize`` the CLIP mean/std normalisation the model was trained with — the
+  reference skipped it, passing ``ToTensor()`` pixels) → ViT ``last_hidden_state`` (post-layernorm, =
+  BLIP's ``visual_encoder`` output) with position embeddings interpolated to the grid → (T, D) =
+  (226, 768) at 240 px / patch 16 for the real model (15×15 patches + CLS).
+- ``dpt`` (Takagi +D, role ``dpt``): rows → PIL Lanczos resize to ``dpt_resize`` (512, as the
+  reference ``img2feat_dpt.py``) → the role's DPTImageProcessor (bicubic to 384×384, mean = std = 0.5)
+  → ViT hidden states after the layers in ``config.backbone_out_indices`` (5, 11, 17, 23; i.e.
+  ``hidden_states[1:][i]``, exactly what the DPT neck takes) stacked → (4·577, 1024): layers × tokens
+  are flattened into one axis so the regression's column slabs are whole tokens. 2.36 M values per
+  image: stored as ``dpt_dtype`` (float16 by default, 42 GB for a subject's 8859 + 982 images;
+  float32 doubles it) in (16 rows × 4096 columns) HDF5 chunks so that writing batches of rows and
+  reading 4-token column slabs both touch whole chunks. (Not PCA-reduced: the DPT head needs the full
+  hidden states, and the paper regressed them directly.)
+  :func:`brainrecon.reconstruct.takagi.decode_depth` turns predicted hidden states back into depth
+  maps with the same model's neck and head.
+
+Setup functions take the space's fixed settings and its config settings as keyword arguments
+(:mod:`brainrecon.features.plan`); none has defaults of its own.
 """
 
 from __future__ import annotations
@@ -66,18 +86,8 @@ def _mean_over_captions(encode, captions: Sequence[Sequence[str]], max_captions:
 
 
 # ----------------------------------------------------------------------------- vdvae
-def encode_latents_per_image(model, x: torch.Tensor, generators: Sequence[torch.Generator], num_layers: int):
-    """Posterior samples of the first ``num_layers`` decoder blocks, one generator per image: row b equals
-    ``model.encode_latents(x[b:b+1], num_layers, generator=generators[b])`` whatever the batch (a name kept
-    for :mod:`brainrecon.features`; it is :meth:`VDVAE.encode_latents` with a list of generators).
-
-    ``x`` (B, 64, 64, 3) from :func:`~brainrecon.models.vdvae.preprocess`. Returns ``[(B, zdim, res, res)]``.
-    """
-    return model.encode_latents(x, num_layers, generator=list(generators))
-
-
 class VDVAEExtractor:
-    def __init__(self, parts, vdvae_layers: int = 31, seed: int = 0):
+    def __init__(self, parts, vdvae_layers: int, seed: int):
         from ..models.vdvae import latent_dims
 
         self.model, self.config = parts.model, parts.config
@@ -103,7 +113,7 @@ class VDVAEExtractor:
         return _np(flatten_latents(zs))
 
 
-def setup_vdvae(parts, vdvae_layers: int = 31, seed: int = 0) -> VDVAEExtractor:
+def setup_vdvae(parts, *, vdvae_layers: int, seed: int) -> VDVAEExtractor:
     return VDVAEExtractor(parts, vdvae_layers=vdvae_layers, seed=seed)
 
 
@@ -136,7 +146,7 @@ def caption_extractor(parts, encode, max_captions: int, **settings):
     return extract
 
 
-def setup_cliptext(parts, max_captions: int = 5):
+def setup_cliptext(parts, *, max_captions: int):
     from ..models.vd import encode_vd_text
 
     return caption_extractor(parts, encode_vd_text, max_captions, normalisation="tokens / ||text_embeds||")
@@ -156,7 +166,7 @@ def _resize_unit(images, size: int) -> torch.Tensor:
     return 2.0 * x - 1.0
 
 
-def setup_sdz(parts, sdz_size: int = 320):
+def setup_sdz(parts, *, sdz_size: int):
     from ..models.diffusion import vae_encode
 
     size = int(sdz_size)
@@ -173,7 +183,85 @@ def setup_sdz(parts, sdz_size: int = 320):
     return extract
 
 
-def setup_sdc(parts, max_captions: int = 5):
+def setup_sdc(parts, *, max_captions: int):
     from ..models.sd import encode_sd_text
 
     return caption_extractor(parts, encode_sd_text, max_captions, output="last_hidden_state")
+
+
+# ----------------------------------------------------------------------------- Takagi +T / +D
+#: HDF5 chunk (rows, columns) of the dpt features: 16 rows × 4 tokens of 1024 (128 KiB in float16)
+DPT_CHUNK = (16, 4096)
+STORAGE_DTYPES = ("float16", "float32")
+
+
+def _resize(images, size: int):
+    """uint8 (B, H, W, 3) → list of (size, size, 3) uint8 arrays (PIL Lanczos, as the reference)."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images (B, H, W, 3), got {arr.dtype} {arr.shape}")
+    if arr.shape[1:3] == (size, size):
+        return [np.array(a) for a in arr]
+    return [np.array(Image.fromarray(a).resize((size, size), resample=Image.LANCZOS)) for a in arr]
+
+
+def setup_blip(parts, *, blip_size: int, blip_normalize: bool):
+    """Extractor of BLIP visual tokens (see the module docstring). Returns (b, T, D) float32."""
+    import numpy as np
+    import torch
+
+    size = int(blip_size)
+    patch = int(parts.model.config.vision_config.patch_size)
+    if size < patch or size % patch:
+        raise ValueError(f"blip_size must be a positive multiple of the ViT patch size {patch}, got {blip_size}")
+    model = parts.model
+    proc = parts.processor.image_processor
+    p = next(model.parameters())
+
+    @torch.no_grad()
+    def extract(nsd_ids, images, captions=None) -> np.ndarray:
+        pv = proc(_resize(images, size), do_resize=False, do_normalize=bool(blip_normalize),
+                  return_tensors="pt").pixel_values
+        out = model.vision_model(pixel_values=pv.to(p.device, p.dtype), interpolate_pos_encoding=True)
+        return out.last_hidden_state.to("cpu", torch.float32).numpy()
+
+    extract.settings = {"blip_size": size, "blip_normalize": bool(blip_normalize), "resize": "PIL Lanczos",
+                        "output": "vision_model last_hidden_state (post-layernorm)",
+                        "tokens": (size // patch) ** 2 + 1}
+    return extract
+
+
+def setup_dpt(parts, *, dpt_resize: int, dpt_dtype: str):
+    """Extractor of DPT backbone hidden states (see the module docstring). Returns (b, L·T, D) float32;
+    stored as ``dpt_dtype``."""
+    import numpy as np
+    import torch
+
+    if dpt_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dpt_dtype must be one of {STORAGE_DTYPES}, got {dpt_dtype!r}")
+    size = int(dpt_resize)
+    if size < 8:
+        raise ValueError(f"dpt_resize must be >= 8, got {dpt_resize}")
+    model = parts.model
+    proc = parts.image_processor
+    indices = list(model.config.backbone_out_indices)
+    if getattr(model.config, "is_hybrid", False):
+        raise ValueError("dpt features need a ViT (non-hybrid) DPT such as Intel/dpt-large")
+    p = next(model.parameters())
+
+    @torch.no_grad()
+    def extract(nsd_ids, images, captions=None) -> np.ndarray:
+        pv = proc(_resize(images, size), return_tensors="pt").pixel_values
+        hs = model.dpt(pv.to(p.device, p.dtype), output_hidden_states=True).hidden_states
+        sel = torch.stack([hs[1:][i] for i in indices], dim=1)  # (b, L, T, D)
+        return sel.reshape(sel.shape[0], -1, sel.shape[-1]).to("cpu", torch.float32).numpy()
+
+    extract.storage_dtype = dpt_dtype
+    extract.chunk_shape = DPT_CHUNK
+    extract.settings = {"dpt_resize": size, "dpt_dtype": dpt_dtype, "resize": "PIL Lanczos, then the DPT processor",
+                        "backbone_out_indices": indices, "layers": len(indices),
+                        "layout": "layers x tokens flattened on axis 0 of feature_shape"}
+    return extract

@@ -18,6 +18,7 @@ vdvae    the official VDVAE ImageNet64 file      Brain-Diffuser stage 1
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 VDVAE_FILE = "imagenet64-iter-1600000-model-ema.th"
@@ -65,5 +66,22 @@ def compute_dtype(models: Mapping) -> str:
     return "float32" if models["device"] == "cpu" else models["dtype"]
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a model job runs; none of it changes what is computed beyond float round-off.
+
+    device: ``models.device`` ("auto", "cpu", "cuda"); dtype: ``models.dtype`` (CPU computes in
+    float32); batch_size: items per model call.
+    """
+
+    device: str
+    dtype: str
+    batch_size: int
+
+    def __post_init__(self):
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
 __all__ = ["VDVAE_FILE", "VDVAE_BASE_URL", "VDVAE_URL", "ROLE_SOURCES", "MODEL_ROLES", "SOURCES", "DEVICES",
-           "DTYPES", "check_role", "model_dir", "gpu_slots", "compute_dtype"]
+           "DTYPES", "check_role", "model_dir", "gpu_slots", "compute_dtype", "Runtime"]

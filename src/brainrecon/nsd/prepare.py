@@ -57,6 +57,7 @@ import pandas as pd
 
 from ..io import atomic_path
 from . import layout
+from .plan import VOXEL_SETS
 from .readers import (
     DEFAULT_BLOCK_BYTES,
     NSDFileError,
@@ -72,7 +73,6 @@ from .trials import normalise_sessions, split_images, trial_table, trials_per_se
 
 log = logging.getLogger(__name__)
 
-VOXEL_SETS = ("nsdgeneral", "brainmask")
 NORMALISATIONS = ("train_zscore", "session_zscore", "none")
 
 
