@@ -14,6 +14,7 @@ import pytest
 from brainrecon.nsd import layout
 from brainrecon.nsd.prepare import prepare_subject, write_stimulus_index
 from brainrecon.nsd.readers import ImageBrick
+from brainrecon.regression.plan import SpaceFit
 from brainrecon.regression.stage import fit_space
 
 SUBJECT = 1
@@ -66,8 +67,9 @@ def decoded(tmp_path_factory):
     write(tmp / "feat_shuffled.h5", permute=True)  # training labels shuffled: the baseline
     out = {}
     for name in ("feat", "feat_shuffled"):
-        fit_space(prep, tmp / f"{name}.h5", tmp / f"{name}_pred.h5", alphas=[1.0, 10.0, 100.0, 1000.0], cv=4,
-                  voxels={"streams": ["early"]}, restandardise=True, progress=False)
+        fit_space(prep, tmp / f"{name}.h5", tmp / f"{name}_pred.h5",
+                  SpaceFit.build(alphas=[1.0, 10.0, 100.0, 1000.0], cv=4, voxels={"streams": ["early"]},
+                                 restandardise=True), progress=False)
         with h5py.File(tmp / f"{name}_pred.h5", "r") as f:
             out[name] = (f["nsd_ids"][:], f["pred_restd"][:])
     return feats, out

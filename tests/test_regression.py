@@ -337,9 +337,9 @@ def test_ridge_predict_test_writes_h5(tmp_path):
         f["train"] = Y.reshape(32, 4, 3)
     out = tmp_path / "reg" / "subj01.h5"
     with h5py.File(tmp_path / "feat.h5", "r") as f:
-        summary = ridge_predict_test(X, f["train"], Xt, out, alphas=[1.0, 100.0], cv=4, target_batch=5,
-                                     extra_X={"roi": rois}, model_path=tmp_path / "model.h5",
-                                     dtype="float64", progress=False, attrs={"space": "clipvision"})
+        dec = KernelRidgeDecoder([1.0, 100.0], cv=4, target_batch=5, dtype="float64", progress=False)
+        summary = ridge_predict_test(dec, X, f["train"], Xt, out, extra_X={"roi": rois},
+                                     model_path=tmp_path / "model.h5", attrs={"space": "clipvision"})
     assert summary["n_test"] == 9 and summary["target_shape"] == (4, 3)
     assert sorted(x.name for x in out.parent.iterdir()) == ["subj01.h5"]
     dec = KernelRidgeDecoder([1.0, 100.0], cv=4, dtype="float64", progress=False).fit(X, Y.reshape(32, 4, 3))
@@ -358,7 +358,7 @@ def test_ridge_predict_test_writes_h5(tmp_path):
     # a failure leaves nothing under the final name
     bad = tmp_path / "bad.h5"
     with pytest.raises(ValueError, match="test_X"):
-        ridge_predict_test(X, Y, Xt[:, :5], bad, alphas=1.0, cv=None, progress=False)
+        ridge_predict_test(KernelRidgeDecoder(1.0, cv=None, progress=False), X, Y, Xt[:, :5], bad)
     assert not bad.exists()
 
 

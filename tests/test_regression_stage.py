@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from brainrecon.regression.plan import SpaceFit
 from brainrecon.regression.stage import H5Rows, average_subjects, fit_space, select_voxels
 
 
@@ -64,8 +65,8 @@ def _corr_rows(a, b):
 @pytest.mark.parametrize("train_on", ["averaged", "single_trial"])
 def test_fit_space_aligns_rows_by_nsd_id_and_decodes(toy, train_on):
     out = toy["tmp"] / f"out_{train_on}.h5"
-    fit_space(toy["prep"], toy["feats"], out, alphas=[1.0, 10.0, 100.0], cv=3, train_on=train_on,
-              restandardise=True, progress=False)
+    fit_space(toy["prep"], toy["feats"], out, SpaceFit.build(alphas=[1.0, 10.0, 100.0], cv=3, train_on=train_on,
+                                                             restandardise=True), progress=False)
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f["nsd_ids"][:], toy["ids_test"])
         pred = f["pred"][:]
@@ -81,7 +82,8 @@ def test_fit_space_aligns_rows_by_nsd_id_and_decodes(toy, train_on):
             g[f"{k}/features"] = f[f"{k}/features"][:]
             g[f"{k}/nsd_ids"] = np.random.default_rng(5).permutation(f[f"{k}/nsd_ids"][:])
         g.attrs["feature_shape"] = f.attrs["feature_shape"]
-    fit_space(toy["prep"], bad, toy["tmp"] / "o2.h5", alphas=[10.0], cv=3, train_on=train_on, progress=False)
+    fit_space(toy["prep"], bad, toy["tmp"] / "o2.h5", SpaceFit.build(alphas=[10.0], cv=3, train_on=train_on),
+              progress=False)
     with h5py.File(toy["tmp"] / "o2.h5", "r") as f:
         r_shuf = _corr_rows(f["pred"][:].reshape(len(true), -1), true)
     assert np.median(r) > np.median(r_shuf) + 0.5
@@ -112,7 +114,8 @@ def test_select_voxels_by_roi_labels(toy):
         with pytest.raises(KeyError, match="floc-faces"):
             select_voxels(f, {"floc-faces": ["FFA-1"]})
     out = toy["tmp"] / "early.h5"
-    fit_space(toy["prep"], toy["feats"], out, alphas=[10.0], voxels={"streams": ["early"]}, progress=False)
+    fit_space(toy["prep"], toy["feats"], out, SpaceFit.build(alphas=[10.0], voxels={"streams": ["early"]}),
+              progress=False)
     with h5py.File(out, "r") as f:
         assert f["voxel_mask"][:].sum() == 20
         assert f.attrs["n_features"] == 20
@@ -126,7 +129,7 @@ def test_missing_features_for_an_image_is_a_clear_error(toy):
         f["train/nsd_ids"] = ids
     out = toy["tmp"] / "none.h5"
     with pytest.raises(KeyError, match="no features for nsdId"):
-        fit_space(toy["prep"], toy["feats"], out, alphas=[1.0], progress=False)
+        fit_space(toy["prep"], toy["feats"], out, SpaceFit.build(alphas=[1.0]), progress=False)
     assert not out.exists()
 
 

@@ -98,6 +98,7 @@ def test_dpt_features_float16_and_depth_round_trip(tmp_path, nsd, folders):
 
 def test_ridge_reads_float16_features(tmp_path):
     """The regression stage fits float16 (dpt) feature files like float32 ones."""
+    from brainrecon.regression.plan import SpaceFit
     from brainrecon.regression.stage import fit_space
 
     rng = np.random.default_rng(0)
@@ -116,8 +117,8 @@ def test_ridge_reads_float16_features(tmp_path):
             f["train/features"] = (X @ W).astype(dt)
             f["train/nsd_ids"] = np.arange(n)
             f.attrs["feature_shape"] = [3, 8]
-        fit_space(prep, feat, tmp_path / f"out_{np.dtype(dt).name}.h5", alphas=[1.0],
-                  restandardise=False, progress=False)
+        fit_space(prep, feat, tmp_path / f"out_{np.dtype(dt).name}.h5", SpaceFit.build(alphas=[1.0],
+                  restandardise=False), progress=False)
         with h5py.File(tmp_path / f"out_{np.dtype(dt).name}.h5") as f:
             out[dt] = f["pred"][()]
             assert f["pred"].shape == (nt, 3, 8)

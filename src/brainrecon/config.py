@@ -57,10 +57,14 @@ def load_schema(path=SCHEMA_PATH) -> dict:
 
 
 def section_schema(section: str, schema: dict | None = None) -> dict:
-    """The schema of a dotted config section (``"methods.takagi"``, ``"encoding.img2img"``)."""
+    """The schema of a dotted config section (``"methods.takagi"``, ``"encoding.img2img"``; ``*`` = any
+    entry of a map, e.g. ``"regression.spaces.*"``)."""
     node = schema or load_schema()
     for part in section.split("."):
         props = node.get("properties", {})
+        if part == "*" and isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]  # the schema of every entry of a map
+            continue
         if part not in props:
             raise KeyError(f"config schema has no section {section!r} (no {part!r}; has {sorted(props)})")
         node = props[part]

@@ -53,20 +53,19 @@ def restandardise(pred, train_mean, train_std, eps: float = 1e-8) -> np.ndarray:
     return out.astype(dtype, copy=False).reshape(pred.shape)
 
 
-def ridge_predict_test(train_X, train_Y, test_X, out_path, *, alphas, cv=5, backend="numpy",
-                       target_batch=4096, fit_intercept=True, standardize_X=True, x_ddof=0,
-                       per_target_alpha=True, target_groups=None, restandardise_pred=True,
-                       extra_X: dict | None = None, model_path=None, dtype="float32",
-                       progress=True, attrs: dict | None = None) -> dict:
-    """Fit ridge on ``(train_X, train_Y)`` and write test predictions to HDF5 in batches.
+def ridge_predict_test(decoder: KernelRidgeDecoder, train_X, train_Y, test_X, out_path, *,
+                       restandardise_pred: bool = True, extra_X: dict | None = None, model_path=None,
+                       attrs: dict | None = None) -> dict:
+    """Fit ``decoder`` on ``(train_X, train_Y)`` and write test predictions to HDF5 in batches.
 
+    decoder: an unfitted :class:`KernelRidgeDecoder` (its alphas, CV, backend, intercept, dtype, ...).
     train_X : (n, p) train patterns. train_Y : (n, *shape) array-like or h5py.Dataset
     (read in column batches, never whole). test_X : (m, p). ``extra_X``: optional
     ``{name: (m_k, p)}`` further pattern sets (ROI patterns, other subjects' tests)
     predicted in the same pass over the targets. ``model_path``: also save the fitted
     model (see :meth:`KernelRidgeDecoder.save`; large at NSD scale).
 
-    Output file (written atomically): ``pred`` (m, *shape) ``dtype`` raw predictions;
+    Output file (written atomically): ``pred`` (m, *shape) raw predictions in the decoder's dtype;
     ``pred_restd`` (m, *shape) re-standardised (:func:`restandardise` with the train
     targets' mean/std) when ``restandardise_pred``; ``extra/<name>`` raw predictions;
     ``train_mean``, ``train_std`` (*shape) float64 (ddof 0); ``alphas`` (*shape) alpha
@@ -85,10 +84,9 @@ def ridge_predict_test(train_X, train_Y, test_X, out_path, *, alphas, cv=5, back
         extra[name] = _check_design(Xe, f"extra_X[{name!r}]", p)
     if restandardise_pred and test_X.shape[0] < 2:
         raise ValueError(f"test_X needs at least 2 rows to re-standardise predictions, got {test_X.shape[0]}")
-    dec = KernelRidgeDecoder(alphas=alphas, cv=cv, backend=backend, target_batch=target_batch,
-                             fit_intercept=fit_intercept, standardize_X=standardize_X, dtype=dtype,
-                             per_target_alpha=per_target_alpha, target_groups=target_groups,
-                             progress=progress, x_ddof=x_ddof)
+    dec = decoder
+    dtype, cv, target_batch = dec.dtype, dec.cv, dec.target_batch
+    fit_intercept, standardize_X, x_ddof = dec.fit_intercept, dec.standardize_X, dec.x_ddof
     dec.fit(train_X, train_Y)
     t_fit = time.perf_counter() - t0
     shape = tuple(dec.target_shape_)

@@ -18,6 +18,8 @@ import numpy as np
 from brainrecon.io import atomic_path
 from brainrecon.nsd.rois import union_mask
 from brainrecon.regression.pipeline import ridge_predict_test
+from brainrecon.regression.ridge import KernelRidgeDecoder
+from brainrecon.regression.plan import SpaceFit
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +81,20 @@ def _rows_for(ids: np.ndarray, feat_ids: np.ndarray, where: str) -> np.ndarray:
     return rows
 
 
-def fit_space(prepared_h5, features_h5, out_h5, *, alphas, cv=5, backend="numpy", target_batch=4096,
-              train_on="averaged", voxels="all", restandardise=True, extra_patterns=None,
+def fit_space(prepared_h5, features_h5, out_h5, settings: SpaceFit, *, extra_patterns=None,
               progress=True) -> dict:
     """Fit one feature space for one subject and write test predictions to ``out_h5``.
 
     prepared_h5: ``results/prepared/<set>/subjXX.h5``; features_h5: ``results/features/<space>/subjXX.h5``.
-    train_on: ``averaged`` (``train/betas``, one row per image) or ``single_trial``
-    (``trials/betas``, one row per trial; the image's features repeated per trial).
+    settings: :class:`brainrecon.regression.plan.SpaceFit` — ``train_on`` ``averaged`` (``train/betas``,
+    one row per image) or ``single_trial`` (``trials/betas``, one row per trial; the image's features
+    repeated per trial), the voxels, alphas, CV, backend, re-standardisation.
     extra_patterns: ``{name: (k, V_all) float}`` patterns over all prepared voxels (e.g.
     ROI-optimal patterns), predicted in the same pass and written to ``extra/<name>``.
     Output: the keys of :func:`ridge_predict_test` plus ``nsd_ids`` (test rows) and
     ``voxel_mask`` (which prepared voxels were used).
     """
-    if train_on not in ("averaged", "single_trial"):
-        raise ValueError(f"train_on must be 'averaged' or 'single_trial', got {train_on!r}")
+    train_on, voxels = settings.train_on, settings.voxels
     with h5py.File(prepared_h5, "r") as prep, h5py.File(features_h5, "r") as feat:
         mask = select_voxels(prep, voxels)
         grp = "train" if train_on == "averaged" else "trials"
@@ -114,9 +115,10 @@ def fit_space(prepared_h5, features_h5, out_h5, *, alphas, cv=5, backend="numpy"
         log.info("fit %s: X %s (%s), Y %s, test %s, extra %s", features_h5, X.shape, train_on, Y.shape,
                  Xt.shape, sorted(extra))
         with atomic_path(out_h5) as tmp:
+            decoder = KernelRidgeDecoder(alphas=list(settings.alphas), cv=settings.cv, backend=settings.backend,
+                                         target_batch=settings.target_batch, progress=progress)
             summary = ridge_predict_test(
-                X, Y, Xt, tmp, alphas=alphas, cv=cv, backend=backend, target_batch=target_batch,
-                restandardise_pred=restandardise, extra_X=extra or None, progress=progress,
+                decoder, X, Y, Xt, tmp, restandardise_pred=settings.restandardise, extra_X=extra or None,
                 attrs=dict(space=str(feat.attrs.get("space", "")), train_on=train_on,
                            voxels=json.dumps(voxels), prepared=str(prepared_h5), features=str(features_h5),
                            feature_shape=np.asarray(shape, np.int64)),
