@@ -22,6 +22,7 @@ from PIL import Image
 from brainrecon.models import load_model, prepare_model
 from brainrecon.models.vd import dual_blocks
 from brainrecon.models.vdvae import VDVAE, VDVAEConfig, latent_dims
+from brainrecon.nsd.rois import roi_patterns
 from brainrecon.reconstruct import braindiffuser as bd
 from brainrecon.models.diffusion import make_generators, random_latents
 
@@ -66,15 +67,18 @@ def preds(vd, vdvae):
     }
 
 
-SMALL = bd.Settings(steps=4, strength=0.75, image_size=32, batch_size=3)  # 3 denoising steps
+SMALL = bd.Settings.from_mapping(dict(steps=4, strength=0.75, image_size=32, batch_size=3))  # 3 denoising steps
+
+
+def _inputs(preds, lat="lat", text="text", vision="vision", rows=slice(None)):
+    """The reconstruct() inputs from the named entries of ``preds`` (None: absent)."""
+    return {"vdvae": None if lat is None else preds[lat][rows], "cliptext": None if text is None else preds[text][rows],
+            "clipvision": None if vision is None else preds[vision][rows]}
 
 
 def _run(variant, preds, vd, vdvae, settings=SMALL, text="text", vision="vision", lat="lat", keys=None, subject="01"):
-    return bd.reconstruct(
-        variant, preds["keys"] if keys is None else keys, subject, settings, vdvae_model=vdvae, vd_parts=vd,
-        vdvae_latents=None if lat is None else preds[lat], clip_text=None if text is None else preds[text],
-        clip_vision=None if vision is None else preds[vision], progress=False,
-    )
+    return bd.reconstruct(variant, preds["keys"] if keys is None else keys, subject, settings,
+                          models={"vdvae": vdvae, "vd": vd}, inputs=_inputs(preds, lat, text, vision), progress=False)
 
 
 class UNetCalls:
@@ -122,9 +126,9 @@ def test_stage1_layers_inferred_from_latent_size(vdvae):
 
 
 def test_only_vdvae_is_the_bicubic_upsampled_stage1_and_needs_no_vd(vdvae, preds):
-    s = bd.Settings(image_size=96, batch_size=2)
-    rec = bd.reconstruct("only_vdvae", preds["keys"], "01", s, vdvae_model=vdvae, vdvae_latents=preds["lat"],
-                         progress=False)
+    s = bd.Settings.from_mapping(dict(image_size=96, batch_size=2))
+    rec = bd.reconstruct("only_vdvae", preds["keys"], "01", s, models={"vdvae": vdvae},
+                         inputs={"vdvae": preds["lat"]}, progress=False)
     assert rec.num_steps == 0 and rec.images.shape == (3, 96, 96, 3)
     expected = np.stack([np.asarray(Image.fromarray(im).resize((96, 96), Image.BICUBIC)) for im in rec.stage1])
     assert np.array_equal(rec.images, expected)
@@ -134,12 +138,11 @@ def test_only_vdvae_is_the_bicubic_upsampled_stage1_and_needs_no_vd(vdvae, preds
 
 # ----------------------------------------------------------------------------- stage 2
 def test_full_runs_exactly_37_denoising_steps_for_50_steps_at_strength_075(vd, vdvae, preds, tmp_path):
-    s = bd.Settings(steps=50, strength=0.75, image_size=32, batch_size=2)
+    s = bd.Settings.from_mapping(dict(steps=50, strength=0.75, image_size=32, batch_size=2))
     with UNetCalls(vd.image_unet) as calls:
         out = bd.reconstruct_to_files(
-            "full", preds["keys"][:2], "01", s, tmp_path / "images.h5", tmp_path / "png", vdvae_model=vdvae,
-            vd_parts=vd, vdvae_latents=preds["lat"][:2], clip_text=preds["text"][:2],
-            clip_vision=preds["vision"][:2], progress=False,
+            "full", preds["keys"][:2], "01", s, tmp_path / "images.h5", tmp_path / "png",
+            models={"vdvae": vdvae, "vd": vd}, inputs=_inputs(preds, rows=slice(0, 2)), progress=False,
         )
     assert len(calls.samples) == 37 == out["num_denoising_steps"] == bd.num_denoising_steps(50, 0.75)
     # CFG: unconditional and conditional halves in one call -> batch 2 x 2 images; dual context 77 + 17 tokens
@@ -155,9 +158,8 @@ def test_full_runs_exactly_37_denoising_steps_for_50_steps_at_strength_075(vd, v
 def test_text_weight_is_the_dual_guidance_mix_ratio_of_each_variant(vd, vdvae, preds):
     for variant, expected in [("full", 0.4), ("no_text", 0.0), ("no_vision", 1.0), ("no_vdvae", 0.4)]:
         with UNetCalls(vd.image_unet):
-            bd.reconstruct(variant, [3], "01", bd.Settings(steps=2, strength=0.5, image_size=32), vdvae_model=vdvae,
-                           vd_parts=vd, vdvae_latents=preds["lat"][:1], clip_text=preds["text"][:1],
-                           clip_vision=preds["vision"][:1], progress=False)
+            bd.reconstruct(variant, [3], "01", bd.Settings.from_mapping(dict(steps=2, strength=0.5, image_size=32)),
+                           models={"vdvae": vdvae, "vd": vd}, inputs=_inputs(preds, rows=slice(0, 1)), progress=False)
         assert {b.mix_ratio for b in dual_blocks(vd.image_unet)} == {expected}, variant
 
 
@@ -182,15 +184,15 @@ def test_each_variant_reads_what_it_claims(vd, vdvae, preds):
     # no_vdvae: independent of the VDVAE latents and of the VDVAE model; no stage 1
     no_vdvae = _run("no_vdvae", preds, vd, vdvae)
     assert no_vdvae.stage1 is None
-    again = bd.reconstruct("no_vdvae", preds["keys"], "01", SMALL, vd_parts=vd, clip_text=preds["text"],
-                           clip_vision=preds["vision"], progress=False)
+    again = bd.reconstruct("no_vdvae", preds["keys"], "01", SMALL, models={"vd": vd},
+                           inputs=_inputs(preds, lat=None), progress=False)
     assert np.array_equal(no_vdvae.images, again.images)
     assert not np.array_equal(no_vdvae.images, full.images)
     # a variant without what it needs says so
     with pytest.raises(ValueError, match="needs the cliptext predictions"):
         _run("full", preds, vd, vdvae, text=None)
     with pytest.raises(ValueError, match="needs the VDVAE model"):
-        bd.reconstruct("only_vdvae", [3], "01", SMALL, vdvae_latents=preds["lat"][:1], progress=False)
+        bd.reconstruct("only_vdvae", [3], "01", SMALL, models={}, inputs={"vdvae": preds["lat"][:1]}, progress=False)
 
 
 def test_no_vdvae_starts_from_a_standard_normal_latent(vd, vdvae, preds):
@@ -205,19 +207,17 @@ def test_no_vdvae_starts_from_a_standard_normal_latent(vd, vdvae, preds):
     assert abs(float(first.std()) - 1.0) < 0.1 and abs(float(first.mean())) < 0.1
     # whereas the full variant starts from the encoded stage-1 image (a different, image-dependent start)
     with UNetCalls(vd.image_unet) as calls_full:
-        bd.reconstruct("full", preds["keys"], "01", SMALL, vdvae_model=vdvae, vd_parts=vd,
-                       vdvae_latents=preds["lat"], clip_text=preds["text"], clip_vision=preds["vision"],
-                       progress=False)
+        bd.reconstruct("full", preds["keys"], "01", SMALL, models={"vdvae": vdvae, "vd": vd},
+                       inputs=_inputs(preds), progress=False)
     assert not torch.allclose(calls_full.samples[0], calls.samples[0])
 
 
 # ----------------------------------------------------------------------------- seeds
 def test_seed_per_subject_and_image_independent_of_batch_composition(vd, vdvae, preds):
-    all3 = _run("full", preds, vd, vdvae, settings=bd.Settings(steps=10, image_size=32, batch_size=3))
+    all3 = _run("full", preds, vd, vdvae, settings=bd.Settings.from_mapping(dict(steps=10, image_size=32, batch_size=3)))
     sub = {k: preds[k][[2, 0]] for k in ("lat", "text", "vision")}
-    two = bd.reconstruct("full", [11, 3], "01", bd.Settings(steps=10, image_size=32, batch_size=1),
-                         vdvae_model=vdvae, vd_parts=vd, vdvae_latents=sub["lat"], clip_text=sub["text"],
-                         clip_vision=sub["vision"], progress=False)
+    two = bd.reconstruct("full", [11, 3], "01", bd.Settings.from_mapping(dict(steps=10, image_size=32, batch_size=1)),
+                         models={"vdvae": vdvae, "vd": vd}, inputs=_inputs(sub), progress=False)
     assert list(two.seeds) == [all3.seeds[2], all3.seeds[0]]
     assert np.array_equal(two.stage1, all3.stage1[[2, 0]])
     diff = np.abs(two.images.astype(int) - all3.images[[2, 0]].astype(int))
@@ -234,8 +234,10 @@ def test_seed_per_subject_and_image_independent_of_batch_composition(vd, vdvae, 
 # ----------------------------------------------------------------------------- outputs
 def test_outputs_are_complete_or_absent(vdvae, preds, tmp_path, monkeypatch):
     out, png = tmp_path / "subj01" / "images.h5", tmp_path / "subj01" / "png"
-    s = bd.Settings(image_size=32, batch_size=1)
-    real_upsample = bd.upsample
+    s = bd.Settings.from_mapping(dict(image_size=32, batch_size=1))
+    from brainrecon.reconstruct.braindiffuser import pipeline
+
+    real_upsample = pipeline.upsample
     calls = []
 
     def failing_upsample(images, size):
@@ -244,17 +246,17 @@ def test_outputs_are_complete_or_absent(vdvae, preds, tmp_path, monkeypatch):
             raise RuntimeError("disk full (simulated)")
         return real_upsample(images, size)
 
-    monkeypatch.setattr(bd, "upsample", failing_upsample)
+    monkeypatch.setattr(pipeline, "upsample", failing_upsample)
     with pytest.raises(RuntimeError, match="simulated"):
-        bd.reconstruct_to_files("only_vdvae", preds["keys"], "01", s, out, png, vdvae_model=vdvae,
-                                vdvae_latents=preds["lat"], progress=False)
+        bd.reconstruct_to_files("only_vdvae", preds["keys"], "01", s, out, png, models={"vdvae": vdvae},
+                                inputs={"vdvae": preds["lat"]}, progress=False)
     assert len(calls) == 2  # the first image had been written (to temporary names) when it failed
     assert not out.exists() and not png.exists()
     assert list((tmp_path / "subj01").iterdir()) == []  # no temporary leftovers either
-    monkeypatch.setattr(bd, "upsample", real_upsample)
+    monkeypatch.setattr(pipeline, "upsample", real_upsample)
 
-    bd.reconstruct_to_files("only_vdvae", preds["keys"], "01", s, out, png, vdvae_model=vdvae,
-                            vdvae_latents=preds["lat"], progress=False)
+    bd.reconstruct_to_files("only_vdvae", preds["keys"], "01", s, out, png, models={"vdvae": vdvae},
+                            inputs={"vdvae": preds["lat"]}, progress=False)
     with h5py.File(out) as f:
         images, ids = f["images"][:], f["nsd_ids"][:]
         assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
@@ -293,9 +295,11 @@ def test_reconstruct_subject_from_regression_files(model_dirs, vd, tmp_path):
     settings = {"image_size": 32, "seed": 0, "vdvae_temperature": 1.0, "steps": 4, "strength": 0.75,
                 "guidance_scale": 7.5, "batch_size": 2, "text_weight": 0.4}
     out = tmp_path / "full" / "subjavg"
-    res = bd.reconstruct_subject("full", "avg", reg, out / "images.h5", out / "png", settings=settings,
-                                 vdvae_dir=model_dirs["vdvae"], vd_dir=model_dirs["vd"], device="cpu",
-                                 dtype="float16", progress=False)
+    keys = {"vdvae": "pred_restd", "clipvision": "pred_restd", "cliptext": "pred"}
+    models = {"vdvae": model_dirs["vdvae"], "vd": model_dirs["vd"]}
+    res = bd.reconstruct_subject("full", "avg", reg, out / "images.h5", out / "png",
+                                 settings=bd.Settings.from_mapping(settings), models=models, prediction_keys=keys,
+                                 device="cpu", dtype="float16", progress=False)
     assert res["num_denoising_steps"] == 3
     with h5py.File(out / "images.h5") as f:
         assert f["images"].shape == (2, 32, 32, 3) and list(f["nsd_ids"][:]) == ids
@@ -306,15 +310,15 @@ def test_reconstruct_subject_from_regression_files(model_dirs, vd, tmp_path):
     # only_vdvae reads the VDVAE predictions only (no CLIP file, no VD model)
     out2 = tmp_path / "only_vdvae" / "subjavg"
     bd.reconstruct_subject("only_vdvae", "avg", {"vdvae": reg["vdvae"]}, out2 / "images.h5", out2 / "png",
-                           settings=bd.variant_settings("only_vdvae", settings), vdvae_dir=model_dirs["vdvae"],
-                           device="cpu", progress=False)
+                           settings=bd.Settings.from_mapping(bd.variant_settings("only_vdvae", settings)),
+                           models={"vdvae": model_dirs["vdvae"]}, prediction_keys=keys, device="cpu", progress=False)
     with h5py.File(out2 / "images.h5") as f, h5py.File(out / "images.h5") as g:
         assert np.array_equal(f["stage1"][:], g["stage1"][:])  # same seeds, same stage 1 in every variant
     # the files of one subject must list the same test images
-    _write_regression(reg["cliptext"], [7, 22], rng.standard_normal((2, tl, td)).astype("f4"))
+    _write_regression(reg["cliptext"], [7, 22], rng.standard_normal((2, tl, td)).astype("f4"), key="pred")
     with pytest.raises(ValueError, match="test nsdIds differ"):
-        bd.reconstruct_subject("full", "avg", reg, out / "x.h5", out / "xpng", settings=settings,
-                               vdvae_dir=model_dirs["vdvae"], vd_dir=model_dirs["vd"], device="cpu")
+        bd.reconstruct_subject("full", "avg", reg, out / "x.h5", out / "xpng", settings=bd.Settings.from_mapping(settings),
+                               models=models, prediction_keys=keys, device="cpu")
     assert not (out / "x.h5").exists()
 
 
@@ -337,7 +341,7 @@ def test_roi_patterns_are_one_exactly_on_the_roi_voxels(tmp_path):
     rng = np.random.default_rng(2)
     path = tmp_path / "prep.h5"
     labels = _prepared_with_rois(path, rng)
-    pats = bd.roi_patterns(path, ["V1", "V4", "face", "ecc4+"])
+    pats = roi_patterns(path, ["V1", "V4", "face", "ecc4+"])
     assert set(pats) == {"V1", "V4", "face", "ecc4+"}
     for p in pats.values():
         assert p.shape == (1, 60) and p.dtype == np.float32 and set(np.unique(p)) <= {0.0, 1.0}
@@ -349,13 +353,13 @@ def test_roi_patterns_are_one_exactly_on_the_roi_voxels(tmp_path):
     # the file's own ctab labels win over the default table
     with h5py.File(path, "a") as f:
         f["rois/prf-visualrois"].attrs["labels_json"] = json.dumps({"1": "V1v", "3": "V1d", "7": "hV4"})
-    assert np.array_equal(bd.roi_patterns(path, ["V1"])["V1"][0] == 1, (vis == 1) | (vis == 3))
+    assert np.array_equal(roi_patterns(path, ["V1"])["V1"][0] == 1, (vis == 1) | (vis == 3))
     with pytest.raises(ValueError, match="unknown ROI-optimal"):
-        bd.roi_patterns(path, ["V7"])
+        roi_patterns(path, ["V7"])
     with pytest.raises(ValueError, match="'place'.*no voxel"):
-        bd.roi_patterns(path, ["place"])
+        roi_patterns(path, ["place"])
     with pytest.raises(KeyError, match="floc-words"):
-        bd.roi_patterns(path, ["word"])
+        roi_patterns(path, ["word"])
 
 
 def test_renormalised_predictions_have_the_training_mean_norm(tmp_path):
@@ -400,25 +404,28 @@ def test_reconstruct_rois_renormalises_and_writes_one_image_per_roi(model_dirs, 
             with h5py.File(p, "w") as f:
                 f["train/features"] = (rng.standard_normal((5 + i, int(np.prod(shape)))) * (2 + i)).astype("f4")
     seen = {}
-    real = bd.reconstruct_to_files
+    from brainrecon.reconstruct.braindiffuser import roi
+
+    real = roi.reconstruct_to_files
 
     def spy(variant, keys, subject, settings, out_h5, png_dir, **kw):
         seen.update(kw, variant=variant, keys=keys)
         return real(variant, keys, subject, settings, out_h5, png_dir, **kw)
 
-    monkeypatch.setattr(bd, "reconstruct_to_files", spy)
+    monkeypatch.setattr(roi, "reconstruct_to_files", spy)
     settings = bd.roi_settings({"image_size": 32, "seed": 0, "vdvae_temperature": 1.0, "steps": 4, "strength": 0.75,
                                 "guidance_scale": 7.5, "batch_size": 2, "text_weight": 0.4})
     out = tmp_path / "roi" / "subjavg"
-    bd.reconstruct_rois("avg", ["V1", "face"], reg, {k: [str(p) for p in v] for k, v in feats.items()},
-                        out / "images.h5", out / "png", settings=settings, vdvae_dir=model_dirs["vdvae"],
-                        vd_dir=model_dirs["vd"], device="cpu", progress=False)
+    inputs = {**reg, **{f"features_{k}": [str(p) for p in v] for k, v in feats.items()},
+              "vdvae_model": model_dirs["vdvae"], "vd_model": model_dirs["vd"]}
+    bd.reconstruct_rois("avg", ["V1", "face"], inputs, out / "images.h5", out / "png",
+                        settings=bd.Settings.from_mapping(settings), device="cpu", progress=False)
     assert seen["variant"] == "full" and seen["keys"] == ["V1", "face"]
     norms = {space: bd.mean_row_norm(feats[space]) for space in shapes}
-    lat = seen["vdvae_latents"][0:2]
+    lat = seen["inputs"]["vdvae"][0:2]
     assert np.allclose(np.linalg.norm(lat, axis=1), norms["vdvae"], rtol=1e-5)
-    for space, key in (("clipvision", "clip_vision"), ("cliptext", "clip_text")):
-        assert np.allclose(np.linalg.norm(seen[key].reshape(2, -1), axis=1), norms[space], rtol=1e-5)
+    for space in ("clipvision", "cliptext"):
+        assert np.allclose(np.linalg.norm(seen["inputs"][space].reshape(2, -1), axis=1), norms[space], rtol=1e-5)
     # direction kept: the renormalised V1 latent is parallel to the regression's extra/roi_V1
     with h5py.File(reg["vdvae"]) as f:
         raw = f["extra/roi_V1"][0]
@@ -444,10 +451,10 @@ def test_variant_settings_list_only_what_a_variant_depends_on():
     assert "cliptext" not in bd.variant_spec("no_text").needs and "clipvision" not in bd.variant_spec("no_vision").needs
     with pytest.raises(ValueError, match="unknown Brain-Diffuser variant"):
         bd.variant_spec("roi")
-    with pytest.raises(ValueError, match="unknown Brain-Diffuser setting"):
+    with pytest.raises(ValueError, match="unknown methods.braindiffuser setting.*guidance"):
         bd.Settings.from_mapping({"guidance": 3})
     with pytest.raises(ValueError, match="text_weight"):
-        bd.Settings(text_weight=1.5)
+        bd.Settings.from_mapping(dict(text_weight=1.5))
 
 
 # ----------------------------------------------------------------------------- workflow

@@ -21,7 +21,7 @@ import torch
 from brainrecon.models import load_model, prepare_model
 from brainrecon.models.registry import select_repo_files
 from brainrecon.reconstruct import takagi as T
-from brainrecon.reconstruct.braindiffuser import derive_seed
+from brainrecon.reconstruct.run import Predictions, derive_seed
 
 torch.set_num_threads(1)
 
@@ -57,14 +57,15 @@ def preds():
 def settings(**kw):
     base = dict(steps=10, strength=0.8, guidance_scale=5.0, n_samples=3, image_size=SIZE, batch_size=4, seed=7)
     base.update(kw)
-    return T.Settings(**base)
+    return T.Settings.from_mapping(base)
 
 
-def run(variant, models, preds, s=None, **kw):
-    kw.setdefault("z", preds["z"])
-    kw.setdefault("c", preds["c"])
-    return T.reconstruct(variant, IDS, "01", s or settings(), sd_parts=models["sd"], sd2_parts=models["sd2_depth"],
-                         progress=False, **kw)
+def run(variant, models, preds, s=None, z="z", c="c", captions=None, depth=None):
+    """T.reconstruct on IDS with the tiny SD / SD2-depth; z, c: keys of ``preds`` or arrays (None: absent)."""
+    inputs = {"sdz": preds[z] if isinstance(z, str) else z, "sdc": preds[c] if isinstance(c, str) else c,
+              "captions": captions, "depth": depth}
+    return T.reconstruct(variant, IDS, "01", s or settings(), models={"sd": models["sd"], "sd2_depth": models["sd2_depth"]},
+                         inputs=inputs, progress=False)
 
 
 class Counter:
@@ -138,7 +139,8 @@ def test_forty_of_fifty_steps(models, preds):
     cnt = Counter(unet)
     try:
         rec = T.reconstruct("zc", IDS[:1], "01", settings(steps=50, n_samples=1, batch_size=1),
-                            sd_parts=models["sd"], z=preds["z"][:1], c=preds["c"][:1], progress=False)
+                            models={"sd": models["sd"]}, inputs={"sdz": preds["z"][:1], "sdc": preds["c"][:1]},
+                            progress=False)
     finally:
         cnt.remove()
     assert cnt.calls == 40 and rec.num_steps == 40
@@ -149,7 +151,7 @@ def test_forty_of_fifty_steps(models, preds):
     cnt = Counter(unet)
     try:
         rec = T.reconstruct("c", IDS[:1], "01", settings(steps=50, n_samples=1, batch_size=1),
-                            sd_parts=models["sd"], c=preds["c"][:1], progress=False)
+                            models={"sd": models["sd"]}, inputs={"sdc": preds["c"][:1]}, progress=False)
     finally:
         cnt.remove()
     assert cnt.calls == 50 and rec.num_steps == 50
@@ -157,7 +159,7 @@ def test_forty_of_fifty_steps(models, preds):
     cnt = Counter(unet)
     try:
         T.reconstruct("z", IDS[:1], "01", settings(steps=10, n_samples=1, batch_size=1),
-                      sd_parts=models["sd"], z=preds["z"][:1], progress=False)
+                      models={"sd": models["sd"]}, inputs={"sdz": preds["z"][:1]}, progress=False)
     finally:
         cnt.remove()
     assert cnt.calls == 8 and cnt.inputs[0].shape[0] == 1
@@ -175,8 +177,8 @@ def test_samples_differ_and_reproduce_from_their_seeds(models, preds):
             for b in range(a + 1, 3):
                 assert np.abs(rec.images[i, a].astype(int) - rec.images[i, b]).mean() > 1.0
     # one sample alone, from its recorded seed, in a batch of its own
-    alone = T.reconstruct("zc", IDS[1:2], "01", settings(batch_size=1), sd_parts=models["sd"],
-                          z=preds["z"][1:2], c=preds["c"][1:2], samples=[2], progress=False)
+    alone = T.reconstruct("zc", IDS[1:2], "01", settings(batch_size=1), models={"sd": models["sd"]},
+                          inputs={"sdz": preds["z"][1:2], "sdc": preds["c"][1:2]}, samples=[2], progress=False)
     assert alone.seeds[0, 0] == rec.seeds[1, 2]
     np.testing.assert_array_equal(alone.images[0, 0], rec.images[1, 2])
     # a different base seed changes the samples; another subject too
@@ -189,19 +191,19 @@ def test_samples_differ_and_reproduce_from_their_seeds(models, preds):
 def test_z_only_ignores_c_and_c_only_ignores_z(models, preds):
     s = settings(n_samples=1)
     z1 = run("z", models, preds, s, c=preds["c"]).images
-    z2 = run("z", models, preds, s, c=preds["c2"]).images
+    z2 = run("z", models, preds, s, c="c2").images
     z3 = run("z", models, preds, s, c=None).images
     np.testing.assert_array_equal(z1, z2)
     np.testing.assert_array_equal(z1, z3)
     c1 = run("c", models, preds, s, z=preds["z"]).images
-    c2 = run("c", models, preds, s, z=preds["z2"]).images
+    c2 = run("c", models, preds, s, z="z2").images
     c3 = run("c", models, preds, s, z=None).images
     np.testing.assert_array_equal(c1, c2)
     np.testing.assert_array_equal(c1, c3)
     # ... while zc uses both (so the checks above are not vacuous)
     zc = run("zc", models, preds, s).images
-    assert not np.array_equal(zc, run("zc", models, preds, s, c=preds["c2"]).images)
-    assert not np.array_equal(zc, run("zc", models, preds, s, z=preds["z2"]).images)
+    assert not np.array_equal(zc, run("zc", models, preds, s, c="c2").images)
+    assert not np.array_equal(zc, run("zc", models, preds, s, z="z2").images)
     assert not np.array_equal(zc, z1)
     with pytest.raises(ValueError, match="needs the sdz"):
         run("zc", models, preds, s, z=None)
@@ -209,16 +211,16 @@ def test_z_only_ignores_c_and_c_only_ignores_z(models, preds):
 
 # ----------------------------------------------------------------------------- +T
 def test_captions_one_per_image_non_empty(models, preds):
-    caps, n_tok = T.decode_captions(models["blip"], preds["blip"], T.CaptionSettings(max_length=12, min_length=6),
-                                    progress=False)
+    cs = T.CaptionSettings.from_mapping({"max_length": 12, "min_length": 6})
+    caps, n_tok = T.decode_captions(models["blip"], preds["blip"], cs, progress=False)
     assert len(caps) == len(IDS) and all(isinstance(c, str) and c.strip() for c in caps)
     assert all(6 <= n <= 12 for n in n_tok)
     vocab = set(models["blip"].processor.tokenizer.get_vocab())
     assert all(w in vocab for c in caps for w in c.split())
     assert not any(c.startswith("a picture of") for c in caps)  # prompt stripped
     # batching does not change beam search results
-    caps1, _ = T.decode_captions(models["blip"], preds["blip"], T.CaptionSettings(max_length=12, min_length=6,
-                                                                                  batch_size=1), progress=False)
+    cs1 = T.CaptionSettings.from_mapping({"max_length": 12, "min_length": 6, "batch_size": 1})
+    caps1, _ = T.decode_captions(models["blip"], preds["blip"], cs1, progress=False)
     assert caps1 == caps
 
 
@@ -231,13 +233,14 @@ def test_caption_min_length_is_respected(models, preds):
         parts.model.text_decoder.cls.predictions.decoder.bias[sep] += 1e3
     prompt_len = 4  # [DEC] a picture of
     for m in (0, 7, 9):
-        caps, n_tok = T.decode_captions(parts, preds["blip"], T.CaptionSettings(min_length=m), progress=False)
+        cs = T.CaptionSettings.from_mapping({"min_length": m})
+        caps, n_tok = T.decode_captions(parts, preds["blip"], cs, progress=False)
         # min_length counts the whole sequence; [SEP] is allowed from length m on and then emitted at once
         assert list(n_tok) == [max(m, prompt_len + 1) + (1 if m > prompt_len else 0)] * len(IDS)
         if m > prompt_len:
             assert all(len(c.split()) == m - prompt_len for c in caps)
     with pytest.raises(ValueError, match="min_length"):
-        T.CaptionSettings(min_length=30, max_length=20)
+        T.CaptionSettings.from_mapping({"min_length": 30, "max_length": 20})
 
 
 def test_captions_csv_round_trip(tmp_path):
@@ -254,7 +257,7 @@ def test_caption_variant_is_prompted_by_the_caption(models, preds):
     a = run("t", models, preds, s, captions=["dog on grass"] * 3).images
     b = run("t", models, preds, s, captions=["red bus in street"] * 3).images
     assert not np.array_equal(a, b)
-    np.testing.assert_array_equal(a, run("t", models, preds, s, captions=["dog on grass"] * 3, c=preds["c2"]).images)
+    np.testing.assert_array_equal(a, run("t", models, preds, s, captions=["dog on grass"] * 3, c="c2").images)
 
 
 # ----------------------------------------------------------------------------- +D
@@ -300,7 +303,8 @@ def test_depth_variant_uses_the_depth_map(models, preds):
     with pytest.raises(ValueError, match="depth maps must be"):
         run("td", models, preds, s, captions=caps, depth=depth[:, :, :4, :4])
     with pytest.raises(ValueError, match="5 input channels"):
-        T.reconstruct("zc", IDS, "01", s, sd_parts=models["sd2_depth"], z=preds["z"], c=preds["c"], progress=False)
+        T.reconstruct("zc", IDS, "01", s, models={"sd": models["sd2_depth"]},
+                      inputs={"sdz": preds["z"], "sdc": preds["c"]}, progress=False)
 
 
 # ----------------------------------------------------------------------------- files
@@ -318,11 +322,13 @@ def test_subject_files_every_variant_own_folder(tmp_path, folders, preds):
         _regression_file(reg / f"{space}.h5", arr[order], IDS[order])
     dec = tmp_path / "decoded"
     T.captions_subject(reg / "blip.h5", dec / "captions.csv", blip_dir=folders["blip"],
-                       settings={"max_length": 12, "min_length": 6}, device="cpu", dtype="float32", progress=False)
+                       settings=T.CaptionSettings.from_mapping({"max_length": 12, "min_length": 6}),
+                       prediction_key="pred", device="cpu", dtype="float32", progress=False)
     table = pd.read_csv(dec / "captions.csv", keep_default_na=False)
     assert list(table["nsdId"]) == list(IDS[order]) and (table["caption"].str.len() > 0).all()
     T.depth_subject(reg / "dpt.h5", dec / "depth.h5", dec / "depth_png", dpt_dir=folders["dpt"],
-                    sd2_dir=folders["sd2_depth"], image_size=SIZE, device="cpu", dtype="float32", progress=False)
+                    sd2_dir=folders["sd2_depth"], image_size=SIZE, prediction_key="pred", device="cpu",
+                    dtype="float32", progress=False)
     with h5py.File(dec / "depth.h5") as f:
         assert f["depth"].shape == (3, 1, 8, 8)
     assert len(list((dec / "depth_png").glob("*.png"))) == 3
@@ -333,10 +339,10 @@ def test_subject_files_every_variant_own_folder(tmp_path, folders, preds):
         out = tmp_path / "takagi" / v / "subj01"
         spec = T.variant_spec(v)
         T.reconstruct_subject(
-            v, "01", {k: reg / f"{k}.h5" for k in spec.needs if k in ("sdz", "sdc")}, out / "images.h5",
-            out / "png", settings=s, sd_dir=folders["sd"], sd2_dir=folders["sd2_depth"],
-            captions_csv=dec / "captions.csv", depth_h5=dec / "depth.h5", device="cpu", dtype="float32",
-            progress=False)
+            v, "01", {k: reg / f"{k}.h5" for k in spec.spaces}, out / "images.h5", out / "png",
+            settings=T.Settings.from_mapping(s), models={"sd": folders["sd"], "sd2_depth": folders["sd2_depth"]},
+            decoded={"captions": dec / "captions.csv", "depth": dec / "depth.h5"},
+            prediction_keys={k: "pred" for k in spec.spaces}, device="cpu", dtype="float32", progress=False)
         with h5py.File(out / "images.h5") as f:
             assert f["images"].shape == (3, 2, SIZE, SIZE, 3) and f["images"].dtype == np.uint8
             np.testing.assert_array_equal(f["nsd_ids"][()], np.sort(IDS))
@@ -353,8 +359,8 @@ def test_subject_files_every_variant_own_folder(tmp_path, folders, preds):
             f"{k}_{j}.png" for k in IDS for j in range(2))
         assert not list(out.glob(".*tmp*"))  # nothing half-written left
     # rows follow nsd_ids, not file order: zc of image IDS[0] equals a run on that image alone
-    alone = T.reconstruct("zc", IDS[:1], "01", T.Settings(**s), sd_parts=load_model("sd", folders["sd"]),
-                          z=preds["z"][:1], c=preds["c"][:1], progress=False)
+    alone = T.reconstruct("zc", IDS[:1], "01", T.Settings.from_mapping(s), models={"sd": load_model("sd", folders["sd"])},
+                          inputs={"sdz": preds["z"][:1], "sdc": preds["c"][:1]}, progress=False)
     np.testing.assert_array_equal(outs["zc"][0], alone.images[0])
     assert len({outs[v].tobytes() for v in T.VARIANTS}) == len(T.VARIANTS)
 
@@ -362,7 +368,7 @@ def test_subject_files_every_variant_own_folder(tmp_path, folders, preds):
 def test_bad_inputs(tmp_path, models, preds):
     with pytest.raises(ValueError, match="unknown Takagi variant"):
         T.variant_spec("g")
-    with pytest.raises(ValueError, match="unknown Takagi setting"):
+    with pytest.raises(ValueError, match=r"unknown methods.takagi setting.*stength"):
         T.Settings.from_mapping({"stength": 0.8})
     with pytest.raises(ValueError, match="rows for"):
         run("zc", models, preds, settings(), z=preds["z"][:2])
@@ -372,7 +378,7 @@ def test_bad_inputs(tmp_path, models, preds):
     with h5py.File(p, "w") as f:
         f["pred"] = preds["z"]
     with pytest.raises(KeyError, match="nsd_ids"):
-        T.Predictions(p)
+        Predictions(p)
 
 
 def test_variant_params_scope():

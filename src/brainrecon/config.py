@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Mapping
 
 import yaml
 
@@ -167,3 +168,19 @@ def _declared_input_paths(config: dict):
         for role, spec in (config.get(section) or {}).get("local_paths", {}).items():
             out.append((f"{section}.local_paths.{role}", spec))
     return out
+
+
+def build_settings(cls, section: str, values: Mapping | None = None):
+    """An instance of the frozen dataclass ``cls`` (a stage's settings object) from ``values`` over the
+    schema's defaults of the config ``section`` (e.g. ``methods.takagi``), validated by the schema; the
+    fields of ``cls`` are taken from the result. Keys that are neither fields of ``cls`` nor keys of the
+    section raise ``ConfigError`` naming them."""
+    import dataclasses
+
+    values = dict(values or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names - set(section_schema(section).get("properties", {})))
+    if unknown:
+        raise ConfigError(f"unknown {section} setting(s) {unknown}; known: {sorted(names)}")
+    full = section_settings(section, values)
+    return cls(**{k: full[k] for k in names})
