@@ -13,7 +13,8 @@ DEMO_THREADS ?= 1
 
 help:
 	@echo "make demo   - run the whole pipeline on the synthetic NSD with tiny random-weight models"
-	@echo "make test   - unit + workflow tests, snakemake --lint, snakefmt --check"
+	@echo "make test   - unit + workflow tests, then make lint"
+	@echo "make lint   - snakemake --lint, snakefmt --check, the import contract (lint-imports)"
 	@echo "make dryrun - show the real-NSD DAG (config/config.yaml) without running it"
 	@echo "make unlock - release the lock a killed run left behind (then rerun: unfinished jobs restart)"
 
@@ -38,6 +39,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile $(DEMO_CONFIG)
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	cd src && ../$(BIN)/lint-imports --config ../pyproject.toml --no-cache
 
 fmt: $(STAMP)
 	$(BIN)/snakefmt Snakefile workflow/rules

@@ -27,36 +27,37 @@ include: "workflow/rules/prepare.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/regression.smk"
-include: "workflow/rules/reconstruct.smk"
+include: "workflow/rules/braindiffuser.smk"
 include: "workflow/rules/takagi.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/encoding.smk"
 
 
+from brainrecon.reconstruct import plan as reconstruct_plan
+
+
 rule all:
     default_target: True
     input:
-        raw_targets(),
-        prepare_targets(),
-        braindiffuser_targets(),
-        takagi_targets(),
-        evaluate_targets(),
-        report_targets(),
-        encoding_targets(),
+        nsd_plan.raw_targets(config),
+        nsd_plan.prepare_targets(config),
+        reconstruct_plan.targets(config),
+        evaluate_plan.targets(config),
+        report_plan.targets(config),
+        encoding_plan.targets(config, SUBJECTS),
 
 
 rule raw_all:
     input:
-        raw_targets(),
+        nsd_plan.raw_targets(config),
 
 
 rule prepare_all:
     input:
-        prepare_targets(),
+        nsd_plan.prepare_targets(config),
 
 
 rule reconstruct_all:
     input:
-        braindiffuser_targets(),
-        takagi_targets(),
+        reconstruct_plan.targets(config),

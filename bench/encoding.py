@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     import torch
 
     from brainrecon.encoding import encoding_analysis
+    from brainrecon.encoding.plan import FitSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -78,18 +79,10 @@ def main(argv=None) -> int:
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.synchronize()
         t = time.perf_counter()
-        res = encoding_analysis(
-            Xtr,
-            Ytr_s,
-            Xte,
-            Yte_s,
-            alphas=alphas,
-            cv=args.cv,
-            backend=args.backend,
-            n_components=args.n_components,
-            target_batch=args.target_batch,
-            progress=False,
-        )
+        settings = FitSettings(n_components=args.n_components, alphas=alphas, cv=args.cv, backend=args.backend,
+                               train_on="single_trial", standardize_X=False, q=0.05, target_batch=args.target_batch,
+                               roi_files=())
+        res = encoding_analysis(Xtr, Ytr_s, Xte, Yte_s, settings, progress=False)
         if cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t

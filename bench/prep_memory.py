@@ -147,11 +147,11 @@ def make_subject(root: Path, sessions: int, fmt: str, seed: int = 0) -> dict:
 
 CHILD = """
 import sys, time, json
+from brainrecon.nsd.plan import PrepareSettings
 from brainrecon.nsd.prepare import prepare_subject
 a = json.loads(sys.argv[1])
 t = time.time()
-prepare_subject(a["expdesign"], a["betas"], a["rois"], a["ctabs"], a["brainmask"], a["out"],
-                subject=1, voxels=a["voxels"], normalise=a["normalise"], progress=False)
+prepare_subject(a, a["out"], 1, PrepareSettings.build(voxels=a["voxels"], normalise=a["normalise"]), progress=False)
 print("ELAPSED", time.time() - t)
 """
 

@@ -52,12 +52,11 @@ def nsd(tmp_path_factory):
     """
     from brainrecon.nsd import layout
     from brainrecon.nsd.prepare import write_captions_table, write_stimulus_index
-    from brainrecon.synth import generate
+    from brainrecon.synth import SynthSettings, generate
 
     subject = 1
     d = tmp_path_factory.mktemp("synthetic_nsd")
-    generate(d / "nsd", d / "coco", subjects=(subject,), sessions=2, n_images=12, n_shared=4, n_reps=3,
-             image_size=64, seed=0, progress=False)
+    generate(d / "nsd", d / "coco", SynthSettings.build(subjects=(subject,), sessions=2, n_images=12, n_shared=4, n_reps=3, image_size=64, seed=0), progress=False)
     index = write_stimulus_index(d / "nsd" / layout.expdesign_key(), d / "nsd" / layout.stim_info_key("csv"),
                                  subject, 2, d / "stim.csv")
     write_captions_table(index, [d / "coco" / c for c in layout.COCO_CAPTION_FILES], d / "caps.csv")

@@ -141,7 +141,7 @@ def test_full_runs_exactly_37_denoising_steps_for_50_steps_at_strength_075(vd, v
     s = bd.Settings.from_mapping(dict(steps=50, strength=0.75, image_size=32, batch_size=2))
     with UNetCalls(vd.image_unet) as calls:
         out = bd.reconstruct_to_files(
-            "full", preds["keys"][:2], "01", s, tmp_path / "images.h5", tmp_path / "png",
+            "full", preds["keys"][:2], "01", s, {"h5": tmp_path / "images.h5", "png": tmp_path / "png"},
             models={"vdvae": vdvae, "vd": vd}, inputs=_inputs(preds, rows=slice(0, 2)), progress=False,
         )
     assert len(calls.samples) == 37 == out["num_denoising_steps"] == bd.num_denoising_steps(50, 0.75)
@@ -248,14 +248,14 @@ def test_outputs_are_complete_or_absent(vdvae, preds, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "upsample", failing_upsample)
     with pytest.raises(RuntimeError, match="simulated"):
-        bd.reconstruct_to_files("only_vdvae", preds["keys"], "01", s, out, png, models={"vdvae": vdvae},
+        bd.reconstruct_to_files("only_vdvae", preds["keys"], "01", s, {"h5": out, "png": png}, models={"vdvae": vdvae},
                                 inputs={"vdvae": preds["lat"]}, progress=False)
     assert len(calls) == 2  # the first image had been written (to temporary names) when it failed
     assert not out.exists() and not png.exists()
     assert list((tmp_path / "subj01").iterdir()) == []  # no temporary leftovers either
     monkeypatch.setattr(pipeline, "upsample", real_upsample)
 
-    bd.reconstruct_to_files("only_vdvae", preds["keys"], "01", s, out, png, models={"vdvae": vdvae},
+    bd.reconstruct_to_files("only_vdvae", preds["keys"], "01", s, {"h5": out, "png": png}, models={"vdvae": vdvae},
                             inputs={"vdvae": preds["lat"]}, progress=False)
     with h5py.File(out) as f:
         images, ids = f["images"][:], f["nsd_ids"][:]
@@ -296,9 +296,9 @@ def test_reconstruct_subject_from_regression_files(model_dirs, vd, tmp_path):
                 "guidance_scale": 7.5, "batch_size": 2, "text_weight": 0.4}
     out = tmp_path / "full" / "subjavg"
     keys = {"vdvae": "pred_restd", "clipvision": "pred_restd", "cliptext": "pred"}
-    models = {"vdvae": model_dirs["vdvae"], "vd": model_dirs["vd"]}
-    res = bd.reconstruct_subject("full", "avg", reg, out / "images.h5", out / "png",
-                                 settings=bd.Settings.from_mapping(settings), models=models, prediction_keys=keys,
+    models = {"vdvae_model": model_dirs["vdvae"], "vd_model": model_dirs["vd"]}
+    res = bd.reconstruct_subject("full", "avg", {**reg, **models}, {"h5": out / "images.h5", "png": out / "png"},
+                                 settings=bd.Settings.from_mapping(settings), prediction_keys=keys,
                                  device="cpu", dtype="float16", progress=False)
     assert res["num_denoising_steps"] == 3
     with h5py.File(out / "images.h5") as f:
@@ -309,16 +309,18 @@ def test_reconstruct_subject_from_regression_files(model_dirs, vd, tmp_path):
         assert list(f["seeds"][:]) == [bd.image_seed(0, "avg", k) for k in ids]
     # only_vdvae reads the VDVAE predictions only (no CLIP file, no VD model)
     out2 = tmp_path / "only_vdvae" / "subjavg"
-    bd.reconstruct_subject("only_vdvae", "avg", {"vdvae": reg["vdvae"]}, out2 / "images.h5", out2 / "png",
+    bd.reconstruct_subject("only_vdvae", "avg", {"vdvae": reg["vdvae"], "vdvae_model": model_dirs["vdvae"]},
+                           {"h5": out2 / "images.h5", "png": out2 / "png"},
                            settings=bd.Settings.from_mapping(bd.variant_settings("only_vdvae", settings)),
-                           models={"vdvae": model_dirs["vdvae"]}, prediction_keys=keys, device="cpu", progress=False)
+                           prediction_keys=keys, device="cpu", dtype="float32", progress=False)
     with h5py.File(out2 / "images.h5") as f, h5py.File(out / "images.h5") as g:
         assert np.array_equal(f["stage1"][:], g["stage1"][:])  # same seeds, same stage 1 in every variant
     # the files of one subject must list the same test images
     _write_regression(reg["cliptext"], [7, 22], rng.standard_normal((2, tl, td)).astype("f4"), key="pred")
     with pytest.raises(ValueError, match="test nsdIds differ"):
-        bd.reconstruct_subject("full", "avg", reg, out / "x.h5", out / "xpng", settings=bd.Settings.from_mapping(settings),
-                               models=models, prediction_keys=keys, device="cpu")
+        bd.reconstruct_subject("full", "avg", {**reg, **models}, {"h5": out / "x.h5", "png": out / "xpng"},
+                               settings=bd.Settings.from_mapping(settings), prediction_keys=keys, device="cpu",
+                               dtype="float32")
     assert not (out / "x.h5").exists()
 
 
@@ -408,9 +410,9 @@ def test_reconstruct_rois_renormalises_and_writes_one_image_per_roi(model_dirs, 
 
     real = roi.reconstruct_to_files
 
-    def spy(variant, keys, subject, settings, out_h5, png_dir, **kw):
+    def spy(variant, keys, subject, settings, outputs, **kw):
         seen.update(kw, variant=variant, keys=keys)
-        return real(variant, keys, subject, settings, out_h5, png_dir, **kw)
+        return real(variant, keys, subject, settings, outputs, **kw)
 
     monkeypatch.setattr(roi, "reconstruct_to_files", spy)
     settings = bd.roi_settings({"image_size": 32, "seed": 0, "vdvae_temperature": 1.0, "steps": 4, "strength": 0.75,
@@ -418,8 +420,8 @@ def test_reconstruct_rois_renormalises_and_writes_one_image_per_roi(model_dirs, 
     out = tmp_path / "roi" / "subjavg"
     inputs = {**reg, **{f"features_{k}": [str(p) for p in v] for k, v in feats.items()},
               "vdvae_model": model_dirs["vdvae"], "vd_model": model_dirs["vd"]}
-    bd.reconstruct_rois("avg", ["V1", "face"], inputs, out / "images.h5", out / "png",
-                        settings=bd.Settings.from_mapping(settings), device="cpu", progress=False)
+    bd.reconstruct_rois("avg", ["V1", "face"], inputs, {"h5": out / "images.h5", "png": out / "png"},
+                        settings=bd.Settings.from_mapping(settings), device="cpu", dtype="float32", progress=False)
     assert seen["variant"] == "full" and seen["keys"] == ["V1", "face"]
     norms = {space: bd.mean_row_norm(feats[space]) for space in shapes}
     lat = seen["inputs"]["vdvae"][0:2]

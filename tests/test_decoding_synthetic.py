@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from brainrecon.nsd import layout
+from brainrecon.nsd.plan import PrepareSettings
 from brainrecon.nsd.prepare import prepare_subject, write_stimulus_index
 from brainrecon.nsd.readers import ImageBrick
 from brainrecon.regression.plan import SpaceFit
@@ -31,20 +32,19 @@ def _block_means(images: np.ndarray, blocks: int = 8) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def decoded(tmp_path_factory):
-    from brainrecon.synth import generate
+    from brainrecon.synth import SynthSettings, generate
 
     tmp = tmp_path_factory.mktemp("decode")
     root, coco = tmp / "nsd", tmp / "coco"
-    generate(root, coco, subjects=(SUBJECT,), sessions=SESSIONS, n_images=80, n_shared=16, n_reps=3, snr=2.0,
-             noise_fraction=0.2, image_size=64, seed=3, progress=False)
+    generate(root, coco, SynthSettings.build(subjects=(SUBJECT,), sessions=SESSIONS, n_images=80, n_shared=16, n_reps=3, snr=2.0, noise_fraction=0.2, image_size=64, seed=3), progress=False)
     prep = tmp / "prep.h5"
     prepare_subject(
-        expdesign_path=root / layout.expdesign_key(),
-        betas_paths=[root / layout.betas_key(SUBJECT, s) for s in range(1, SESSIONS + 1)],
-        roi_paths={n: root / layout.roi_key(SUBJECT, n) for n in layout.ROI_NAMES},
-        ctab_paths={n: root / layout.ctab_key(SUBJECT, n) for n in layout.ROI_NAMES},
-        brainmask_path=root / layout.anatomy_key(SUBJECT, "brainmask"),
-        out_h5=prep, subject=SUBJECT, progress=False,
+        {"expdesign": root / layout.expdesign_key(),
+         "betas": [root / layout.betas_key(SUBJECT, s) for s in range(1, SESSIONS + 1)],
+         "rois": {n: root / layout.roi_key(SUBJECT, n) for n in layout.ROI_NAMES},
+         "ctabs": {n: root / layout.ctab_key(SUBJECT, n) for n in layout.ROI_NAMES},
+         "brainmask": root / layout.anatomy_key(SUBJECT, "brainmask")},
+        prep, SUBJECT, PrepareSettings.build(), progress=False,
     )
     stim = write_stimulus_index(root / layout.expdesign_key(), root / layout.stim_info_key(), SUBJECT, SESSIONS,
                                 tmp / "stim.csv")

@@ -506,8 +506,8 @@ def synth_served(served, tmp_path_factory):
     root = server.root / "synth" / "nsd"
     coco = tmp_path_factory.mktemp("synth_coco")
     synth.generate(
-        root, coco, subjects=(1,), sessions=2, n_images=8, n_shared=2, n_reps=3, image_size=64, seed=0,
-        progress=False,
+        root, coco, synth.SynthSettings.build(subjects=(1,), sessions=2, n_images=8, n_shared=2, n_reps=3,
+                                              image_size=64, seed=0), progress=False,
     )
     zbytes = _coco_zip({m: (coco / m).read_bytes() for m in layout.COCO_CAPTION_FILES})
     _write(server.root, "synth/coco/annotations_trainval2017.zip", zbytes)

@@ -365,6 +365,18 @@ def _zscore(x):
     return (x - x.mean(0)) / x.std(0)
 
 
+def _analyse(train_X, train_Y, test_X, test_Y, return_pred=False, progress=False, **settings):
+    """encoding_analysis with the schema's encoding settings (numpy backend), ``settings`` overriding some."""
+    from brainrecon.encoding.plan import FitSettings, fit_settings
+    from brainrecon.schema import defaults
+
+    base = fit_settings({"encoding": defaults("encoding"), "regression": {"backend": "numpy"}})
+    alphas = settings.pop("alphas", base["alphas"])
+    base["alphas"] = list(np.atleast_1d(alphas))
+    return encoding_analysis(train_X, train_Y, test_X, test_Y, FitSettings(**{**base, **settings}),
+                             return_pred=return_pred, progress=progress)
+
+
 def _planted(seed=0, n=300, m=100, v_half=60, noise=2.0):
     """Features A (low-rank, 60-d) and B (isotropic, 60-d), independent; the first
     ``v_half`` voxels are a linear map of A plus noise, the others of B plus noise."""
@@ -383,8 +395,8 @@ def test_planted_encoding_each_feature_space_predicts_its_voxels():
     A, B, Y, n = _planted()
     h = Y.shape[1] // 2
     kw = dict(alphas=np.logspace(-1, 6, 8), cv=3, n_components=30, progress=False)
-    ra = encoding_analysis(A[:n], Y[:n], A[n:], Y[n:], **kw)
-    rb = encoding_analysis(B[:n], Y[:n], B[n:], Y[n:], **kw)
+    ra = _analyse(A[:n], Y[:n], A[n:], Y[n:], **kw)
+    rb = _analyse(B[:n], Y[:n], B[n:], Y[n:], **kw)
     for res in (ra, rb):
         assert res["r"].shape == res["p"].shape == res["significant"].shape == (2 * h,)
         assert res["n_components_used"] == 30 and res["n_test"] == 100
@@ -418,17 +430,8 @@ def test_null_voxels_fdr_fraction_at_most_q():
         rng = np.random.default_rng(100 + seed)
         X = rng.standard_normal((260, 24))
         Y = rng.standard_normal((260, 2000)).astype(np.float32)
-        res = encoding_analysis(
-            X[:200],
-            Y[:200],
-            X[200:],
-            Y[200:],
-            alphas=[1.0, 100.0, 1e4],
-            cv=3,
-            n_components=12,
-            q=q,
-            progress=False,
-        )
+        res = _analyse(X[:200], Y[:200], X[200:], Y[200:], alphas=[1.0, 100.0, 1e4], cv=3,
+                                                                                  n_components=12, q=q)
         frac = res["significant"].mean()
         assert frac <= q, (seed, frac)
         fractions.append(frac)
@@ -442,10 +445,10 @@ def test_null_voxels_fdr_fraction_at_most_q():
 def test_pca_in_analysis_uses_train_rows_only():
     A, _, Y, n = _planted(seed=3, v_half=10)
     kw = dict(alphas=[1.0, 1e3], cv=3, n_components=15, progress=False, return_pred=True)
-    base = encoding_analysis(A[:n], Y[:n], A[n:], Y[n:], **kw)
+    base = _analyse(A[:n], Y[:n], A[n:], Y[n:], **kw)
     X_te = A[n:].copy()
     X_te[50:] = 1e3 * np.random.default_rng(9).standard_normal(X_te[50:].shape)  # wild test rows
-    other = encoding_analysis(A[:n], Y[:n], X_te, Y[n:], **kw)
+    other = _analyse(A[:n], Y[:n], X_te, Y[n:], **kw)
     # the fit (PCA + ridge) is unchanged: same alphas, same predictions of unchanged rows
     assert np.array_equal(base["best_alphas"], other["best_alphas"])
     assert np.allclose(base["pred"][:50], other["pred"][:50], rtol=1e-5, atol=1e-5)
@@ -453,7 +456,7 @@ def test_pca_in_analysis_uses_train_rows_only():
     # capped by the rank of the training features (d = 60, n = 300 -> 15 requested, 15 used;
     # asking for more than the centred rank min(n - 1, d) = 60 gives 60 -> no PCA needed)
     assert base["n_components_used"] == 15 and "15" in base["pca_note"]
-    small = encoding_analysis(A[:40], Y[:40], A[n:], Y[n:], alphas=10.0, n_components=50, progress=False)
+    small = _analyse(A[:40], Y[:40], A[n:], Y[n:], alphas=[10.0], n_components=50)
     assert small["n_components_used"] == 39  # 40 training rows: centred rank 39
     with pytest.raises(ValueError, match="features"):
-        encoding_analysis(A[:n], Y[:n], A[n:, :10], Y[n:], **kw)
+        _analyse(A[:n], Y[:n], A[n:, :10], Y[n:], **kw)

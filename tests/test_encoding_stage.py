@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from brainrecon.config import defaults
+from brainrecon.schema import defaults
 from brainrecon.encoding import plan as ep
 from brainrecon.encoding.plan import FitSettings
 from brainrecon.encoding.stage import fit_encoding, image_folds, read_stats, summarise_rois
@@ -32,6 +32,7 @@ from brainrecon.features import plan as fp
 from brainrecon.features import space_options
 from brainrecon.models import load_model, prepare_model
 from brainrecon.nsd import layout
+from brainrecon.nsd.plan import PrepareSettings
 from brainrecon.nsd.prepare import prepare_subject, write_captions_table, write_stimulus_index
 from conftest import REPO, extract, run_snakemake
 
@@ -42,16 +43,17 @@ ALPHAS = [1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5, 1e6]
 
 # ----------------------------------------------------------------------------- fixtures
 def _synth(d, n_images, n_shared, n_reps, snr, image_size, seed=0):
-    from brainrecon.synth import generate
+    from brainrecon.synth import SynthSettings, generate
 
     root = d / "nsd"
-    generate(root, d / "coco", subjects=(SUBJECT,), sessions=2, n_images=n_images, n_shared=n_shared,
-             n_reps=n_reps, snr=snr, image_size=image_size, seed=seed, progress=False)
-    prepare_subject(root / layout.expdesign_key(), [root / layout.betas_key(SUBJECT, s, "nii.gz") for s in (1, 2)],
-                    {n: root / layout.roi_key(SUBJECT, n) for n in layout.ROI_NAMES},
-                    {n: root / layout.ctab_key(SUBJECT, n) for n in layout.ROI_NAMES},
-                    root / layout.anatomy_key(SUBJECT, "brainmask"), d / "prep.h5", SUBJECT, voxels="nsdgeneral",
-                    sessions=2, progress=False)
+    generate(root, d / "coco", SynthSettings.build(subjects=(SUBJECT,), sessions=2, n_images=n_images, n_shared=n_shared, n_reps=n_reps, snr=snr, image_size=image_size, seed=seed), progress=False)
+    files = {"expdesign": root / layout.expdesign_key(),
+             "betas": [root / layout.betas_key(SUBJECT, s, "nii.gz") for s in (1, 2)],
+             "rois": {n: root / layout.roi_key(SUBJECT, n) for n in layout.ROI_NAMES},
+             "ctabs": {n: root / layout.ctab_key(SUBJECT, n) for n in layout.ROI_NAMES},
+             "brainmask": root / layout.anatomy_key(SUBJECT, "brainmask")}
+    prepare_subject(files, d / "prep.h5", SUBJECT, PrepareSettings.build(voxels="nsdgeneral", sessions=2),
+                    progress=False)
     index = write_stimulus_index(root / layout.expdesign_key(), root / layout.stim_info_key("csv"), SUBJECT, 2,
                                  d / "stim.csv")
     write_captions_table(index, [d / "coco" / c for c in layout.COCO_CAPTION_FILES], d / "caps.csv")

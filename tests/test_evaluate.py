@@ -14,10 +14,11 @@ import torch
 from brainrecon.evaluate import (
     BRAINDIFFUSER_COLUMNS,
     TAKAGI_COLUMNS,
+    EvalSettings,
     build_eval_net,
+    compute_scores,
     corr_matrix,
     correlation_distance,
-    evaluate_all,
     extract_features,
     identification_over_samples,
     load_swav_state_dict,
@@ -30,6 +31,15 @@ from brainrecon.evaluate import (
 )
 
 torch.set_num_threads(1)
+
+
+def evaluate(gt, recon, nets, convention="braindiffuser", metrics=None, nway_trials=100):
+    """The engine's summary of one evaluation (compute_scores -> ScoreBank.summary)."""
+    from brainrecon.models.plan import Runtime
+
+    settings = EvalSettings(convention=convention, metrics=(), takagi_for_samples=True, nway_n=(),
+                            nway_trials=nway_trials, nway_net="inception_v3", seed=0)
+    return compute_scores(gt, recon, nets, settings, metrics=metrics, runtime=Runtime("cpu", "float32", 32)).summary()
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +128,7 @@ def test_reversed_images_n2_give_zero(nets):
     # (distinct images), likewise for column 0, so every identification is 0 by definition.
     gt = _imgs(np.random.default_rng(4), 2, 32)
     rec = gt[::-1].copy()
-    res = evaluate_all(
+    res = evaluate(
         gt,
         np.stack([rec, rec], axis=1),
         {"alexnet": nets["alexnet"], "clip": nets["clip"]},
@@ -459,14 +469,14 @@ def test_swav_state_dict_loading(tmp_path):
 # --------------------------------------------------------------------------- the suite
 def test_evaluate_all_identical_images(nets, tmp_path):
     gt = _imgs(np.random.default_rng(12), 3, 36)
-    res = evaluate_all(gt, gt.copy(), nets, convention="braindiffuser")
+    res = evaluate(gt, gt.copy(), nets, convention="braindiffuser")
     assert res["convention"] == "braindiffuser" and res["n_images"] == 3 and res["n_samples"] == 1
     assert list(res)[3:] == list(BRAINDIFFUSER_COLUMNS)
     for col in ("PixCorr", "SSIM", "AlexNet(2)", "AlexNet(5)", "Inception", "CLIP"):
         assert res[col] == pytest.approx(1.0, abs=1e-9), col
     assert res["EffNet-B"] == pytest.approx(0.0, abs=1e-6) and res["SwAV"] == pytest.approx(0.0, abs=1e-6)
     # several samples: Takagi columns added by default
-    res_s = evaluate_all(
+    res_s = evaluate(
         gt,
         np.stack([gt, gt], 1),
         {k: nets[k] for k in ("alexnet", "clip", "inception_v3")},
@@ -482,7 +492,7 @@ def test_evaluate_all_identical_images(nets, tmp_path):
 
 def test_evaluate_all_nway(nets):
     gt = _imgs(np.random.default_rng(13), 3, 32)
-    res = evaluate_all(gt, gt.copy(), {"inception_v3": nets["inception_v3"]}, metrics=["50-way-top1"], nway_trials=10)
+    res = evaluate(gt, gt.copy(), {"inception_v3": nets["inception_v3"]}, metrics=["50-way-top1"], nway_trials=10)
     assert res["50-way-top1"] == 1.0  # identical logits: the GT class is the argmax
 
 
@@ -493,7 +503,7 @@ def test_bad_inputs_raise_clear_errors(nets):
     with pytest.raises(ValueError, match="N = 3.*N = 2"):
         pixcorr(gt, gt[:2])
     with pytest.raises(ValueError, match="N = 3.*N = 2"):
-        evaluate_all(gt, gt[:2], nets, metrics=["PixCorr"])
+        evaluate(gt, gt[:2], nets, metrics=["PixCorr"])
     with pytest.raises(ValueError, match="N = 4.*N = 3"):
         two_way_identification(rng.normal(size=(4, 5)), rng.normal(size=(3, 5)))
     with pytest.raises(ValueError, match="D = 5.*D = 6"):
@@ -520,10 +530,10 @@ def test_bad_inputs_raise_clear_errors(nets):
     with pytest.raises(ValueError, match="unknown preprocessing convention 'kamitani'"):
         extract_features("alexnet", nets["alexnet"], gt, ["features.4"], convention="kamitani")
     with pytest.raises(ValueError, match="unknown preprocessing convention"):
-        evaluate_all(gt, gt, nets, convention="kamitani")
+        evaluate(gt, gt, nets, convention="kamitani")
     with pytest.raises(ValueError, match="unknown metric 'FID'"):
-        evaluate_all(gt, gt, nets, metrics=["FID"])
+        evaluate(gt, gt, nets, metrics=["FID"])
     with pytest.raises(ValueError, match="not given.*SwAV"):
-        evaluate_all(gt, gt, {"alexnet": nets["alexnet"]}, metrics=["AlexNet(2)", "SwAV"])
+        evaluate(gt, gt, {"alexnet": nets["alexnet"]}, metrics=["AlexNet(2)", "SwAV"])
     with pytest.raises(ValueError, match="2..C"):
         nway_top1(np.array([0, 1]), rng.normal(size=(2, 10)), n=11)

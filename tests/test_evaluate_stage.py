@@ -2,7 +2,7 @@
 
 Expected values come from the definitions (identical reconstructions -> PixCorr 1, SSIM 1, 100 %
 identification; a permutation -> chance), from numpy recomputations in the test, or from the
-independent suite function ``evaluate_all`` run on the rows the test selects itself.
+metric primitives run on the rows the test selects itself (tests/metric_reference.py).
 """
 
 from __future__ import annotations
@@ -14,9 +14,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainrecon.evaluate import evaluate_all, extract_features
+from brainrecon.evaluate import extract_features
+from brainrecon.evaluate.plan import (
+    BRAINDIFFUSER_COLUMNS,
+    TAKAGI_COLUMNS,
+    EvalSettings,
+    exclusion_tag,
+    nets_needed,
+    required_nets,
+    resolve_metrics,
+)
 from brainrecon.evaluate.stage import (
-    compute_scores,
     eval_net_files,
     evaluate_reconstruction,
     fetch_eval_nets,
@@ -24,11 +32,11 @@ from brainrecon.evaluate.stage import (
     read_exclusion_list,
     read_ground_truth,
     read_reconstructions,
-    resolve_metrics,
     split_test_ids,
 )
-from brainrecon.evaluate.suite import BRAINDIFFUSER_COLUMNS, METRICS, TAKAGI_COLUMNS, required_nets
-from brainrecon.report.targets import METRIC_NETS, eval_nets_needed, exclusion_tag
+from brainrecon.evaluate.suite import compute_scores
+from brainrecon.models.plan import Runtime
+from metric_reference import reference_metrics
 
 torch.set_num_threads(1)
 
@@ -97,9 +105,25 @@ def world(tmp_path):
 IDS = {"method": "braindiffuser", "variant": "full", "subject": "01", "weights": "tiny"}
 
 
-def run_stage(world, recon_path, out, metrics, nets, **kw):
-    return evaluate_reconstruction(recon_path, world["brick"], out, ids=IDS, nets=nets, metrics=metrics,
-                                   stimuli=[world["stimuli"]], batch_size=5, **kw)
+def settings(metrics=None, **nway):
+    """EvalSettings of ``metrics`` (convention braindiffuser); nway: ``n``, ``trials``, ``net``, ``seed``."""
+    return EvalSettings(convention="braindiffuser", metrics=tuple(metrics or ()), takagi_for_samples=True,
+                        nway_n=tuple(nway.get("n", ())), nway_trials=nway.get("trials", 100),
+                        nway_net=nway.get("net", "inception_v3"), seed=nway.get("seed", 0))
+
+
+def scores(gt, recon, nets, metrics, batch_size=32, **nway):
+    return compute_scores(gt, recon, nets, settings(metrics, **nway), metrics=metrics,
+                          runtime=Runtime("cpu", "float32", batch_size))
+
+
+def run_stage(world, recon_path, out, metrics, nets, exclude=None, excluded_csv=None, per_image_csv=None,
+              stimuli="default"):
+    stimuli = [world["stimuli"]] if stimuli == "default" else stimuli
+    return evaluate_reconstruction(
+        {"images": recon_path, "brick": world["brick"], "stimuli": stimuli, "exclude": exclude},
+        {"csv": out, "excluded": excluded_csv, "per_image": per_image_csv},
+        settings(metrics), ids=IDS, nets=nets, runtime=Runtime("cpu", "float32", 5))
 
 
 # --------------------------------------------------------------------------- definitions
@@ -152,7 +176,7 @@ def test_permuted_reconstructions_are_at_chance(tmp_path, nets):
     n = 30
     gt = smooth_images(rng, n, 32)
     perm = np.roll(np.arange(n), 7)  # every reconstruction shows another image
-    bank = compute_scores(gt, gt[perm], nets, ["PixCorr", "AlexNet(2)", "CLIP"], batch_size=20)
+    bank = scores(gt, gt[perm], nets, ["PixCorr", "AlexNet(2)", "CLIP"], batch_size=20)
     s = bank.summary()
     # recon j = GT_perm[j]: one GT (i = perm[j]) always beats it, the other n-2 are random: (n-2)/2/(n-1)
     for m in ("AlexNet(2)", "CLIP"):
@@ -160,8 +184,8 @@ def test_permuted_reconstructions_are_at_chance(tmp_path, nets):
     assert abs(s["PixCorr"]) < 0.1
 
 
-def test_scores_match_the_suite_on_every_subset(nets):
-    """compute_scores + ScoreBank.summary == evaluate_all for all metric kinds, with samples, on subsets."""
+def test_scores_match_the_primitives_on_every_subset(nets):
+    """compute_scores + ScoreBank.summary == the metric primitives for all metric kinds, with samples, on subsets."""
     rng = np.random.default_rng(2)
     gt = smooth_images(rng, 5, 40)
     noise = rng.integers(-70, 70, (5, 2, 40, 40, 3))
@@ -170,10 +194,10 @@ def test_scores_match_the_suite_on_every_subset(nets):
     metrics = ["PixCorr", "SSIM", "AlexNet(2)", "EffNet-B", "CLIP", "TN-CLIP-late", "TN-AlexNet-early",
                "TN-AlexNet-late", "8-way-top1"]
     kw = dict(nway_net="alexnet", nway_trials=30, seed=3)  # 8-way: alexnet logits (1000 classes)
-    bank = compute_scores(gt, recon, nets, metrics, batch_size=4, **kw)
+    bank = scores(gt, recon, nets, metrics, batch_size=4, net="alexnet", trials=30, seed=3)
     for idx in (None, [0, 2, 4]):
         sel = slice(None) if idx is None else idx
-        ref = evaluate_all(gt[sel], recon[sel], nets, metrics=metrics, batch_size=4, **kw)
+        ref = reference_metrics(gt[sel], recon[sel], nets, metrics=metrics, batch_size=4, **kw)
         got = bank.summary(idx)
         assert got["n_images"] == ref["n_images"] and got["n_samples"] == 2
         for m in metrics:
@@ -185,7 +209,7 @@ def test_per_image_values_by_hand(nets):
     n = 6
     gt = smooth_images(rng, n, 32)
     recon = np.clip(gt.astype(int) + rng.integers(-90, 90, gt.shape), 0, 255).astype(np.uint8)
-    bank = compute_scores(gt, recon, nets, ["PixCorr", "AlexNet(2)", "EffNet-B"], batch_size=3)
+    bank = scores(gt, recon, nets, ["PixCorr", "AlexNet(2)", "EffNet-B"], batch_size=3)
     per = bank.per_image()
     # PixCorr of image i: Pearson r of the flattened RGB values (same size: no resize)
     want = [np.corrcoef(gt[i].ravel() / 255.0, recon[i].ravel() / 255.0)[0, 1] for i in range(n)]
@@ -231,8 +255,8 @@ def test_exclusion_list_removes_exactly_those_images(world, nets):
     gt = gt_all[ids]
     pix = np.mean([np.corrcoef(gt[i].ravel(), recon[i].ravel())[0, 1] for i in np.flatnonzero(keep)])
     assert ex["PixCorr"] == pytest.approx(pix, abs=1e-9)
-    ref = evaluate_all(gt[keep], recon[keep], nets, metrics=metrics)
-    ref_all = evaluate_all(gt, recon, nets, metrics=metrics)
+    ref = reference_metrics(gt[keep], recon[keep], nets, metrics=metrics)
+    ref_all = reference_metrics(gt, recon, nets, metrics=metrics)
     for m in metrics:
         assert ex[m] == pytest.approx(ref[m], abs=1e-9), m
         assert full[m] == pytest.approx(ref_all[m], abs=1e-9), m
@@ -322,9 +346,8 @@ def test_bad_inputs_fail_clearly_and_write_nothing(world, nets, case, error, mat
         kw = dict(exclude=world["tmp"] / "ex.txt", excluded_csv=world["tmp"] / "out" / "x_excl.csv")
     outdir = world["tmp"] / "out"
     with pytest.raises(error, match=match):
-        evaluate_reconstruction(rp, world["brick"], outdir / "subj01.csv", ids=IDS, nets=nets,
-                                metrics=["PixCorr", "AlexNet(2)"], stimuli=stimuli,
-                                per_image_csv=outdir / "subj01_images.csv", **kw)
+        run_stage(world, rp, outdir / "subj01.csv", ["PixCorr", "AlexNet(2)"], nets, stimuli=stimuli,
+                  per_image_csv=outdir / "subj01_images.csv", **kw)
     assert _outputs_left(outdir) == []
 
 
@@ -332,11 +355,11 @@ def test_mismatched_gt_and_recon_counts_and_metric_names(nets):
     rng = np.random.default_rng(5)
     gt = smooth_images(rng, 4, 24)
     with pytest.raises(ValueError, match="gt has N = 4 images but recon has N = 3"):
-        compute_scores(gt, gt[:3], nets, ["PixCorr"])
+        scores(gt, gt[:3], nets, ["PixCorr"])
     with pytest.raises(ValueError, match="unknown metric"):
         resolve_metrics(["PixCorr", "AlexNet(7)"])
     with pytest.raises(ValueError, match=r"need nets that were not given: \['swav'\]"):
-        compute_scores(gt, gt, nets, ["SwAV"])
+        scores(gt, gt, nets, ["SwAV"])
 
 
 # --------------------------------------------------------------------------- metric / net plumbing
@@ -344,11 +367,18 @@ def test_metric_resolution_and_net_lists():
     assert resolve_metrics(None, with_samples=False) == list(BRAINDIFFUSER_COLUMNS)
     assert resolve_metrics(None, with_samples=True) == list(BRAINDIFFUSER_COLUMNS) + list(TAKAGI_COLUMNS)
     assert resolve_metrics(["CLIP"], True, add_takagi=False, nway_n=[50]) == ["CLIP", "50-way-top1"]
-    # the torch-free table used while parsing the workflow agrees with the suite
-    assert {m: s.net for m, s in METRICS.items()} == METRIC_NETS
-    for metrics in (["PixCorr"], list(BRAINDIFFUSER_COLUMNS), ["SSIM", "TN-CLIP-mid"]):
-        assert eval_nets_needed(metrics, takagi_for_samples=False) == required_nets(metrics)
-    assert eval_nets_needed(["PixCorr"], nway={"n": [50], "net": "alexnet"}, takagi_for_samples=False) == ["alexnet"]
+    # the nets a config needs: its metrics' nets, the TN- columns' when a method has samples, the n-way net
+    from brainrecon.schema import defaults
+
+    cfg = {"nsd": {"subjects": [1]}, "methods": defaults("methods"), "evaluate": defaults("evaluate")}
+    cfg["evaluate"].update(metrics=["PixCorr"], takagi_for_samples=False)
+    assert nets_needed(cfg) == [] and required_nets(["SSIM", "TN-CLIP-mid"]) == ["clip"]
+    cfg["evaluate"]["nway"] = {"n": [50], "net": "alexnet"}
+    assert nets_needed(cfg) == ["alexnet"]
+    cfg["evaluate"].update(takagi_for_samples=True, nway=None)  # takagi (default: enabled) has samples
+    assert nets_needed(cfg) == ["alexnet", "inception_v3", "clip"]
+    cfg["methods"]["takagi"]["enabled"] = False
+    assert nets_needed(cfg) == []
 
 
 def test_eval_net_files_follow_torchvision_and_swav():

@@ -13,6 +13,7 @@ import pytest
 import scipy.io
 
 from brainrecon.nsd import layout
+from brainrecon.nsd.plan import PrepareSettings
 from brainrecon.nsd.prepare import (
     captions_table,
     prepare_subject,
@@ -35,28 +36,34 @@ SESSIONS = 2
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from brainrecon.synth import generate
+    from brainrecon.synth import SynthSettings, generate
 
     root = tmp_path_factory.mktemp("nsd")
     coco = tmp_path_factory.mktemp("coco")
-    generate(root, coco, subjects=(1, SUBJECT), sessions=SESSIONS, n_images=40, n_shared=8,
-             n_reps=3, snr=2.0, noise_fraction=0.2, image_size=32, seed=0, progress=False)
+    generate(root, coco, SynthSettings.build(subjects=(1, SUBJECT), sessions=SESSIONS, n_images=40, n_shared=8, n_reps=3, snr=2.0, noise_fraction=0.2, image_size=32, seed=0), progress=False)
     return root, coco
 
 
 def raw_paths(root, subject=SUBJECT, fmt="nii.gz", sessions=SESSIONS):
+    """The raw files prepare_subject reads (the keys of brainrecon.nsd.plan.subject_raw_inputs)."""
     return dict(
-        expdesign_path=root / layout.expdesign_key(),
-        betas_paths=[root / layout.betas_key(subject, s, fmt) for s in range(1, sessions + 1)],
-        roi_paths={n: root / layout.roi_key(subject, n) for n in layout.ROI_NAMES},
-        ctab_paths={n: root / layout.ctab_key(subject, n) for n in layout.ROI_NAMES},
-        brainmask_path=root / layout.anatomy_key(subject, "brainmask"),
+        expdesign=root / layout.expdesign_key(),
+        betas=[root / layout.betas_key(subject, s, fmt) for s in range(1, sessions + 1)],
+        rois={n: root / layout.roi_key(subject, n) for n in layout.ROI_NAMES},
+        ctabs={n: root / layout.ctab_key(subject, n) for n in layout.ROI_NAMES},
+        brainmask=root / layout.anatomy_key(subject, "brainmask"),
     )
 
 
+def prepare(paths, out, progress=False, block_bytes=None, mem_block_mb=256.0, **settings):
+    """prepare_subject of SUBJECT with settings over the schema's defaults."""
+    kw = {"block_bytes": block_bytes} if block_bytes is not None else {}
+    return prepare_subject(paths, out, SUBJECT, PrepareSettings.build(**settings), progress=progress,
+                           mem_block_mb=mem_block_mb, **kw)
+
+
 def run_prepare(root, out, fmt="nii.gz", **kw):
-    kw.setdefault("progress", False)
-    return prepare_subject(**raw_paths(root, fmt=fmt), out_h5=out, subject=SUBJECT, **kw)
+    return prepare(raw_paths(root, fmt=fmt), out, **kw)
 
 
 def read_all(path) -> dict:
@@ -203,19 +210,18 @@ def test_zero_std_voxel_is_guarded(synth, tmp_path):
     """A voxel constant over every trial gets std 1 (zeros after centring), never NaN."""
     root, _ = synth
     paths = raw_paths(root, fmt="hdf5")
-    gen = np.asanyarray(nib.load(paths["roi_paths"]["nsdgeneral"]).dataobj)
+    gen = np.asanyarray(nib.load(paths["rois"]["nsdgeneral"]).dataobj)
     x, y, z = np.argwhere(gen > 0)[0]
     new = []
-    for p in paths["betas_paths"]:
+    for p in paths["betas"]:
         q = tmp_path / p.name
         shutil.copy(p, q)
         with h5py.File(q, "r+") as f:
             f["betas"][:, z, y, x] = 77
         new.append(q)
-    paths["betas_paths"] = new
+    paths["betas"] = new
     for norm in ("train_zscore", "session_zscore"):
-        out = prepare_subject(**paths, out_h5=tmp_path / f"{norm}.h5", subject=SUBJECT,
-                              normalise=norm, progress=False)
+        out = prepare(paths, tmp_path / f"{norm}.h5", normalise=norm)
         d = read_all(out)
         v = int(np.flatnonzero((d["voxels/ijk"] == [x, y, z]).all(1))[0])
         for k in ("train/betas", "test/betas", "trials/betas"):
@@ -309,16 +315,16 @@ def _no_leftovers(d):
 def test_corrupt_nifti_names_file_and_leaves_nothing(synth, tmp_path):
     root, _ = synth
     paths = raw_paths(root)
-    good = paths["betas_paths"][1]
+    good = paths["betas"][1]
     bad = tmp_path / "in" / good.name
     bad.parent.mkdir()
     raw = good.read_bytes()
     bad.write_bytes(raw[: len(raw) // 2])  # truncated gzip stream
-    paths["betas_paths"] = [paths["betas_paths"][0], bad]
+    paths["betas"] = [paths["betas"][0], bad]
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     with pytest.raises(NSDFileError) as e:
-        prepare_subject(**paths, out_h5=out_dir / "x.h5", subject=SUBJECT, progress=False)
+        prepare(paths, out_dir / "x.h5")
     assert str(bad) in str(e.value)
     assert _no_leftovers(out_dir)
 
@@ -328,27 +334,27 @@ def test_corrupt_nifti_names_file_and_leaves_nothing(synth, tmp_path):
     data[mid : mid + 200] = bytes(200)
     bad.write_bytes(bytes(data))
     with pytest.raises(NSDFileError) as e:
-        prepare_subject(**paths, out_h5=out_dir / "x.h5", subject=SUBJECT, progress=False)
+        prepare(paths, out_dir / "x.h5")
     assert str(bad) in str(e.value)
     assert _no_leftovers(out_dir)
 
     # not gzip at all
     bad.write_bytes(b"\x00" * 1000)
     with pytest.raises(NSDFileError, match=str(bad)):
-        prepare_subject(**paths, out_h5=out_dir / "x.h5", subject=SUBJECT, progress=False)
+        prepare(paths, out_dir / "x.h5")
     assert _no_leftovers(out_dir)
 
 
 def test_wrong_number_of_trials(synth, tmp_path):
     root, _ = synth
     paths = raw_paths(root)
-    img = nib.load(paths["betas_paths"][1])
+    img = nib.load(paths["betas"][1])
     short = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., :59], img.affine)
     bad = tmp_path / "betas_session02.nii.gz"
     nib.save(short, bad)
-    paths["betas_paths"][1] = bad
+    paths["betas"][1] = bad
     with pytest.raises(NSDFileError) as e:
-        prepare_subject(**paths, out_h5=tmp_path / "out" / "x.h5", subject=SUBJECT, progress=False)
+        prepare(paths, tmp_path / "out" / "x.h5")
     assert str(bad) in str(e.value) and "59" in str(e.value) and "60" in str(e.value)
     assert not (tmp_path / "out" / "x.h5").exists()
     assert not list((tmp_path / "out").glob("*"))
@@ -357,13 +363,13 @@ def test_wrong_number_of_trials(synth, tmp_path):
 def test_expdesign_missing_key(synth, tmp_path):
     root, _ = synth
     paths = raw_paths(root)
-    mat = scipy.io.loadmat(paths["expdesign_path"])
+    mat = scipy.io.loadmat(paths["expdesign"])
     mat = {k: v for k, v in mat.items() if not k.startswith("__") and k != "stimpattern"}
     bad = tmp_path / "nsd_expdesign.mat"
     scipy.io.savemat(bad, mat)
-    paths["expdesign_path"] = bad
+    paths["expdesign"] = bad
     with pytest.raises(NSDFileError) as e:
-        prepare_subject(**paths, out_h5=tmp_path / "out" / "x.h5", subject=SUBJECT, progress=False)
+        prepare(paths, tmp_path / "out" / "x.h5")
     assert str(bad) in str(e.value) and "'stimpattern'" in str(e.value)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*"))
 

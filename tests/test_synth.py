@@ -17,14 +17,14 @@ from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import cross_val_predict
 
 from brainrecon.nsd import layout
-from brainrecon.synth import CATEGORIES, DEFAULT_SHAPES, generate, load_planted, planted_drive
+from brainrecon.synth import CATEGORIES, DEFAULT_SHAPES, SynthSettings, generate, load_planted, planted_drive
 
-SMALL = dict(subjects=(1, 2), sessions=2, n_images=20, n_shared=4, n_reps=3, image_size=64, progress=False)
+SMALL = dict(subjects=(1, 2), sessions=2, n_images=20, n_shared=4, n_reps=3, image_size=64)
 
 
-def _gen(base: Path, **kw):
+def _gen(base: Path, shapes=None, **kw):
     args = {**SMALL, **kw}
-    s = generate(base / "nsd", base / "coco", **args)
+    s = generate(base / "nsd", base / "coco", SynthSettings.build(**args), shapes=shapes, progress=False)
     return base / "nsd", base / "coco", s
 
 
@@ -37,8 +37,7 @@ def small(tmp_path_factory):
 def big(tmp_path_factory):
     """One subject, many images (more images than low-level features), two reps."""
     base = tmp_path_factory.mktemp("synth_big")
-    s = generate(base / "nsd", base / "coco", subjects=(5,), sessions=2, n_images=240, n_shared=10,
-                 n_reps=2, snr=2.0, noise_fraction=0.2, image_size=32, seed=3, progress=False)
+    s = generate(base / "nsd", base / "coco", SynthSettings.build(subjects=(5,), sessions=2, n_images=240, n_shared=10, n_reps=2, snr=2.0, noise_fraction=0.2, image_size=32, seed=3), progress=False)
     return base / "nsd", base / "coco", s
 
 

@@ -321,14 +321,14 @@ def test_subject_files_every_variant_own_folder(tmp_path, folders, preds):
     for space, arr in (("sdz", preds["z"]), ("sdc", preds["c"]), ("blip", preds["blip"]), ("dpt", preds["dpt"])):
         _regression_file(reg / f"{space}.h5", arr[order], IDS[order])
     dec = tmp_path / "decoded"
-    T.captions_subject(reg / "blip.h5", dec / "captions.csv", blip_dir=folders["blip"],
+    T.captions_subject({"blip": reg / "blip.h5", "blip_model": folders["blip"]}, dec / "captions.csv",
                        settings=T.CaptionSettings.from_mapping({"max_length": 12, "min_length": 6}),
                        prediction_key="pred", device="cpu", dtype="float32", progress=False)
     table = pd.read_csv(dec / "captions.csv", keep_default_na=False)
     assert list(table["nsdId"]) == list(IDS[order]) and (table["caption"].str.len() > 0).all()
-    T.depth_subject(reg / "dpt.h5", dec / "depth.h5", dec / "depth_png", dpt_dir=folders["dpt"],
-                    sd2_dir=folders["sd2_depth"], image_size=SIZE, prediction_key="pred", device="cpu",
-                    dtype="float32", progress=False)
+    T.depth_subject({"dpt": reg / "dpt.h5", "dpt_model": folders["dpt"], "sd2_model": folders["sd2_depth"]},
+                    {"h5": dec / "depth.h5", "png": dec / "depth_png"}, image_size=SIZE, prediction_key="pred",
+                    device="cpu", dtype="float32", progress=False)
     with h5py.File(dec / "depth.h5") as f:
         assert f["depth"].shape == (3, 1, 8, 8)
     assert len(list((dec / "depth_png").glob("*.png"))) == 3
@@ -338,10 +338,10 @@ def test_subject_files_every_variant_own_folder(tmp_path, folders, preds):
     for v in T.VARIANTS:
         out = tmp_path / "takagi" / v / "subj01"
         spec = T.variant_spec(v)
+        inputs = {**{k: reg / f"{k}.h5" for k in spec.spaces}, "sd_model": folders["sd"],
+                  "sd2_model": folders["sd2_depth"], "captions": dec / "captions.csv", "depth": dec / "depth.h5"}
         T.reconstruct_subject(
-            v, "01", {k: reg / f"{k}.h5" for k in spec.spaces}, out / "images.h5", out / "png",
-            settings=T.Settings.from_mapping(s), models={"sd": folders["sd"], "sd2_depth": folders["sd2_depth"]},
-            decoded={"captions": dec / "captions.csv", "depth": dec / "depth.h5"},
+            v, "01", inputs, {"h5": out / "images.h5", "png": out / "png"}, settings=T.Settings.from_mapping(s),
             prediction_keys={k: "pred" for k in spec.spaces}, device="cpu", dtype="float32", progress=False)
         with h5py.File(out / "images.h5") as f:
             assert f["images"].shape == (3, 2, SIZE, SIZE, 3) and f["images"].dtype == np.uint8

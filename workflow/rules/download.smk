@@ -5,9 +5,9 @@ if config["nsd"]["source"] == "synthetic":
 
     rule synth_nsd:
         output:
-            all_raw_files() + synth_extra_files(),
-            coco=coco_caption_paths(),
-            planted=f"{NSD_ROOT}/synthetic_planted.json",
+            nsd_plan.raw_files(config) + nsd_plan.synth_extra_files(config),
+            coco=nsd_plan.coco_caption_paths(config),
+            planted=f"{config['nsd']['root']}/{nsd_plan.PLANTED_FILE}",
         log:
             "logs/synth/synth_nsd.log",
         benchmark:
@@ -30,7 +30,7 @@ else:
 
     rule download_nsd_file:
         output:
-            f"{NSD_ROOT}/{{key}}",
+            f"{config['nsd']['root']}/{{key}}",
         log:
             "logs/download/{key}.log",
         wildcard_constraints:
@@ -50,7 +50,7 @@ else:
 
     rule download_coco_captions:
         output:
-            coco_caption_paths(),
+            nsd_plan.coco_caption_paths(config),
         log:
             "logs/download/coco_captions.log",
         retries: 0

@@ -4,32 +4,23 @@
 # significance NIfTI maps in func1pt8mm, per-ROI tables; then one ROI CSV per voxel set, slice mosaics
 # over the mean EPI and r-by-ROI figures for the report.
 #
-# Feature spaces: z = sdz and c = sdc (rule features), zc_s<strength> and unet_<block>_t<step>
-# (brainrecon.features.encoding_spaces; rule features writes them like every other space, reading
-# the images and the subject's sdc file: c conditions the img2img).
+# Feature spaces: z = sdz and c = sdc, zc_s<strength> and unet_<block>_t<step> (brainrecon.features.plan;
+# rule features writes them like every other space, reading the images and the subject's sdc file: c
+# conditions the img2img). Plan (targets, settings, figures): brainrecon.encoding.plan.
 # Outputs: results/encoding/{voxels}/{space}/subj{subject}{.h5,_r.nii.gz,_sig.nii.gz,_rois.csv,_mosaic.png},
 # results/encoding/{voxels}/roi_summary.csv, results/encoding/{voxels}/figures/r_by_roi_{figure}.png.
-import functools as _functools
-
-from brainrecon.features.encoding_spaces import (
-    ENCODING_OUT as ENC_OUT,
-    FIGURE_NAMES as ENC_FIGURES_ALL,
-    encoding_fit_settings,
-    encoding_space_names,
-    encoding_targets_for,
-)
+from brainrecon.encoding import plan as encoding_plan
 
 ENC = config["encoding"]
-ENC_SPACES = encoding_space_names(ENC, known=list(SPACES))
+ENC_OUT = encoding_plan.ENCODING_OUT
+ENC_SPACES = encoding_plan.space_names(ENC)
 # every setting that changes a map's statistics (params: changing one reruns the fits)
-ENC_FIT_SETTINGS = encoding_fit_settings(config)
-# encoding_targets(): per voxel set, every space x subject's files, the ROI summary and the figures
-encoding_targets = _functools.partial(encoding_targets_for, config, SUBJECTS, ENC_OUT)
+ENC_FIT_SETTINGS = encoding_plan.fit_settings(config)
 
 
 rule encoding_all:
     input:
-        encoding_targets(),
+        encoding_plan.targets(config, SUBJECTS),
 
 
 rule encoding_fit:
@@ -46,7 +37,7 @@ rule encoding_fit:
     benchmark:
         f"benchmarks/encoding/{{voxels}}/{{space}}/subj{{subject}}.tsv"
     wildcard_constraints:
-        space=FEATURE_SPACE_WC,
+        space=features_plan.SPACE_WILDCARD,
     conda:
         "../../envs/base.yaml"
     threads: 4
@@ -71,8 +62,8 @@ rule encoding_mosaics:
             f"{ENC_OUT}/{{{{voxels}}}}/{{space}}/subj{{{{subject}}}}.h5",
             space=ENC_SPACES,
         ),
-        mean_epi=lambda wildcards: nsd_path(
-            layout.anatomy_key(int(wildcards.subject), "mean")
+        mean_epi=lambda wildcards: nsd_plan.nsd_path(
+            config, layout.anatomy_key(int(wildcards.subject), "mean")
         ),
     output:
         [
@@ -136,7 +127,7 @@ rule encoding_figure:
     log:
         f"logs/encoding/{{voxels}}/figure_{{figure}}.log",
     wildcard_constraints:
-        figure="|".join(ENC_FIGURES_ALL),
+        figure="|".join(encoding_plan.FIGURE_NAMES),
     localrule: True
     conda:
         "../../envs/base.yaml"

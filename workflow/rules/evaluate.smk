@@ -3,7 +3,13 @@
 # same preprocessing convention and the same test split for all. Outputs (docs/DATA_PRODUCTS.md,
 # "evaluate"): results/evaluate/{method}/{variant}/subj{subject}.csv (one row: ids, convention,
 # n_images, n_samples, metric columns), its _excl-<tag> twin when evaluate.exclude is set, and a
-# per-image CSV. Targets and inputs are listed by brainrecon.report.targets (no torch at parse time).
+# per-image CSV. Targets, inputs and settings: brainrecon.evaluate.plan (no torch at parse time).
+from brainrecon.evaluate import plan as evaluate_plan
+from brainrecon.reconstruct import plan as reconstruct_plan
+
+EVAL = config["evaluate"]
+EVAL_WEIGHTS = evaluate_plan.weights(config)
+EVAL_NETS = evaluate_plan.nets_needed(config)
 
 
 if EVAL_WEIGHTS == "pretrained" and set(EVAL_NETS) - {"clip"}:
@@ -12,7 +18,7 @@ if EVAL_WEIGHTS == "pretrained" and set(EVAL_NETS) - {"clip"}:
     # internet: a local rule, run once); CLIP comes from the models' clip folder (rule fetch_models).
     rule evaluate_fetch_nets:
         output:
-            directory(model_dir("evalnets")),
+            directory(evaluate_plan.evalnets_dir(config)),
         log:
             "logs/evaluate/fetch_evalnets.log",
         retries: 0  # download_file retries itself
@@ -33,15 +39,19 @@ if EVAL_WEIGHTS == "pretrained" and set(EVAL_NETS) - {"clip"}:
 # the values and "auto" vs "cuda" is the same device.
 rule evaluate_recon:
     input:
-        unpack(evaluate_inputs),
+        unpack(
+            lambda wildcards: evaluate_plan.inputs(
+                config, wildcards.method, wildcards.variant, wildcards.subject
+            )
+        ),
     output:
-        **evaluate_outputs(),
+        **evaluate_plan.outputs(config),
     log:
         f"logs/evaluate/{{method}}/{{variant}}/subj{{subject}}.log",
     benchmark:
         f"benchmarks/evaluate/{{method}}/{{variant}}/subj{{subject}}.tsv"
     wildcard_constraints:
-        method="|".join(EVAL_METHODS),
+        method="|".join(reconstruct_plan.METHODS),
         variant=r"[A-Za-z0-9+-]+(_[A-Za-z0-9+-]+)*",
         subject=r"\d\d|avg",
     conda:
@@ -58,17 +68,9 @@ rule evaluate_recon:
             "subject": wildcards.subject,
             "weights": EVAL_WEIGHTS,
         },
-        convention=EVAL["convention"],
-        metrics=EVAL["metrics"],
-        takagi_for_samples=EVAL["takagi_for_samples"],
-        nway=EVAL_NWAY,
-        seed=EVAL["seed"],
+        settings=evaluate_plan.EvalSettings.from_section(EVAL).as_params(),
         model_seed=config["models"]["seed"],
-        dtype=(
-            config["models"]["dtype"]
-            if config["models"]["device"] != "cpu"
-            else "float32"
-        ),
+        dtype=models_plan.compute_dtype(config["models"]),
         batch_size=lambda wildcards, output: EVAL["batch_size"],
         device=lambda wildcards, output: config["models"]["device"],
     script:

@@ -1,24 +1,29 @@
 # Per subject and feature space: features of every image the subject saw (docs/DATA_PRODUCTS.md,
-# "features"). Spaces, their model role and their options come from brainrecon.features.SPACES;
-# the encoding-only spaces (zc_s<strength>, unet_<block>_t<step>) from
-# brainrecon.features.encoding_spaces — one rule and one writer for all of them.
+# "features"). Spaces, their model role, inputs and settings come from brainrecon.features.plan — the
+# fixed spaces and the encoding analysis' parametric ones (zc_s<strength>, unet_<block>_t<step>) alike:
+# one rule and one writer for all of them.
+from brainrecon.features import plan as features_plan
 
 
 # Params that change the numbers are functions of wildcards only (Snakemake tracks those): the
-# space's own options (so e.g. features.vdvae_layers reruns vdvae only) and its effective dtype.
+# space's own settings (so e.g. features.vdvae_layers reruns vdvae only) and its effective dtype.
 # batch_size and device are functions of `output`, which the params trigger ignores: the features do
 # not depend on batching (tests/test_features.py checks it), and "auto" vs "cuda" is the same device.
 rule features:
     input:
-        unpack(features_inputs),
+        unpack(
+            lambda wildcards: features_plan.inputs(
+                wildcards.space, wildcards.subject, config
+            )
+        ),
     output:
-        "results/features/{space}/subj{subject}.h5",
+        features_plan.FEATURES,
     log:
         "logs/features/{space}/subj{subject}.log",
     benchmark:
         "benchmarks/features/{space}/subj{subject}.tsv"
     wildcard_constraints:
-        space=FEATURE_SPACE_WC,
+        space=features_plan.SPACE_WILDCARD,
     conda:
         "../../envs/base.yaml"
     threads: 4
@@ -26,15 +31,19 @@ rule features:
         gpu=models_gpu,
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=lambda wildcards, attempt: (
-            240 if is_encoding_space(wildcards.space) else 120
+            240 if features_plan.get_space(wildcards.space).reads_c else 120
         )
         * attempt,
     params:
         space="{space}",
-        options=features_options,
-        dtype=features_dtype,
+        options=lambda wildcards: features_plan.space_options(wildcards.space, config),
+        dtype=lambda wildcards: features_plan.space_dtype(
+            wildcards.space, config["models"]
+        ),
         model_source=config["models"]["source"],
-        batch_size=lambda wildcards, output: features_batch_size(wildcards),
+        batch_size=lambda wildcards, output: features_plan.batch_size(
+            wildcards.space, config
+        ),
         device=lambda wildcards, output: config["models"]["device"],
     script:
         "../scripts/features_extract.py"

@@ -1,8 +1,7 @@
 # Model folders, one per role (docs/DATA_PRODUCTS.md, "models"): the real weights fetched once on a
 # machine with internet (local rule: compute nodes may have none), or tiny random-weight stand-ins
 # built from configs (demo, tests). Both have the real on-disk layout and load with
-# brainrecon.models.load_model(role, folder, device, dtype).
-from brainrecon.models import MODEL_ROLES
+# brainrecon.models.load_model(role, folder, device, dtype). Roles: brainrecon.models.plan.
 
 if config["models"]["source"] == "pretrained":
 
@@ -12,7 +11,7 @@ if config["models"]["source"] == "pretrained":
         log:
             "logs/models/fetch_{role}.log",
         wildcard_constraints:
-            role="|".join(MODEL_ROLES),
+            role="|".join(models_plan.MODEL_ROLES),
         retries: 0  # the downloaders retry themselves
         localrule: True
         conda:
@@ -30,7 +29,7 @@ else:
         log:
             "logs/models/tiny_{role}.log",
         wildcard_constraints:
-            role="|".join(MODEL_ROLES),
+            role="|".join(models_plan.MODEL_ROLES),
         localrule: True  # seconds of CPU; not worth a cluster job
         conda:
             "../../envs/base.yaml"

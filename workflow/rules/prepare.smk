@@ -1,12 +1,14 @@
 # Per subject: trial table from the experiment design, masked/scaled/normalised betas
-# streamed one session at a time, repetition averages, train/test split by shared images.
+# streamed one session at a time, repetition averages, train/test split by shared images
+# (brainrecon.nsd.prepare; paths and inputs: brainrecon.nsd.plan).
+from brainrecon.nsd import layout
 
 
 rule prepare_subject:
     input:
-        unpack(subject_raw_inputs),
+        unpack(lambda wildcards: nsd_plan.subject_raw_inputs(config, wildcards.subject)),
     output:
-        "results/prepared/{voxels}/subj{subject}.h5",
+        nsd_plan.PREPARED,
     log:
         "logs/prepare/{voxels}/subj{subject}.log",
     benchmark:
@@ -28,12 +30,12 @@ rule prepare_subject:
 
 rule prepare_stimuli:
     input:
-        expdesign=nsd_path(layout.expdesign_key()),
-        stim_info=nsd_path(layout.stim_info_key("csv")),
-        captions=coco_caption_paths(),
+        expdesign=nsd_plan.nsd_path(config, layout.expdesign_key()),
+        stim_info=nsd_plan.nsd_path(config, layout.stim_info_key("csv")),
+        captions=nsd_plan.coco_caption_paths(config),
     output:
-        index="results/prepared/stimuli/subj{subject}.csv",
-        captions="results/prepared/stimuli/subj{subject}_captions.csv",
+        index=nsd_plan.STIMULI,
+        captions=nsd_plan.CAPTIONS,
     log:
         "logs/prepare/stimuli_subj{subject}.log",
     conda:

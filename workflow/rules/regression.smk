@@ -1,13 +1,19 @@
 # One ridge for every feature space: per subject × space, prepared betas → test predictions
 # (+ ROI-optimal patterns for Brain-Diffuser spaces); subject average of the predictions.
+# Plan: brainrecon.regression.plan (settings per space: regression.spaces.<space>, schema defaults).
+from brainrecon.reconstruct.braindiffuser import plan as braindiffuser_plan
+from brainrecon.regression import plan as regression_plan
 
 
 rule regression_fit:
     input:
-        prepared="results/prepared/nsdgeneral/subj{subject}.h5",
-        features="results/features/{space}/subj{subject}.h5",
+        unpack(
+            lambda wildcards: regression_plan.inputs(
+                config, wildcards.space, wildcards.subject
+            )
+        ),
     output:
-        "results/regression/{space}/subj{subject}.h5",
+        regression_plan.REGRESSION,
     log:
         "logs/regression/{space}/subj{subject}.log",
     benchmark:
@@ -20,11 +26,12 @@ rule regression_fit:
         runtime=lambda wildcards, attempt: 120 * attempt,
         gpu=lambda wildcards: int(config["regression"]["backend"] == "torch_cuda"),
     params:
-        space_settings=lambda wildcards: regression_settings(wildcards.space),
-        backend=config["regression"]["backend"],
-        target_batch=config["regression"]["target_batch"],
-        cv=config["regression"]["cv"],
-        roi_optimal=lambda wildcards: roi_optimal_for(wildcards.space),
+        settings=lambda wildcards: regression_plan.space_settings(
+            config, wildcards.space
+        ),
+        roi_optimal=lambda wildcards: braindiffuser_plan.roi_optimal_for(
+            config, wildcards.space
+        ),
     script:
         "../scripts/regression_fit.py"
 

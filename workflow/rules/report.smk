@@ -1,12 +1,26 @@
 # Tables (CSV + Markdown + HTML), figures (PNG) and the captions of `snakemake --report results/report.html`
 # (brainrecon.report). Every table exists for all test images and, when evaluate.exclude is set, also
-# without the listed images (suffix _excl-<tag>). What exists for a config: brainrecon.report.targets.
-# Its input functions live in common.smk.
+# without the listed images (suffix _excl-<tag>). What exists for a config: brainrecon.report.plan.
+from brainrecon.report import plan as report_plan
+
+REPORT = config["report"]
+REPORT_FIGURES = report_plan.figure_plan(config)
+REPORT_METHOD_ORDER = [p.method for p in reconstruct_plan.method_plans(config)]
+REPORT_VARIANT_ORDER = {
+    p.method: list(p.variants) for p in reconstruct_plan.method_plans(config)
+}
+TABLE_NAMES_RE = "|".join(map(re.escape, report_plan.table_names(config))) or "no_table"
+FIGURE = lambda wildcards: REPORT_FIGURES[
+    f"results/figures/{wildcards.figure}.png"
+]  # noqa: E731
+EVAL_EXCL_TAG = (
+    evaluate_plan.exclusion_tag(EVAL["exclude"]) if EVAL["exclude"] else None
+)
 
 
 rule report_table:
     input:
-        table_inputs,
+        lambda wildcards: report_plan.table_inputs(config, wildcards.table),
     output:
         csv="results/tables/{table}.csv",
         md="results/tables/{table}.md",
@@ -28,7 +42,7 @@ rule report_table:
         table="{table}",
         method_order=REPORT_METHOD_ORDER,
         variant_order=REPORT_VARIANT_ORDER,
-        title=table_caption,
+        title=lambda wildcards, output: report_plan.TABLE_TITLES[wildcards.table],
     script:
         "../scripts/report_table.py"
 
@@ -37,7 +51,9 @@ if EVAL_EXCL_TAG:
 
     rule report_table_excluded:
         input:
-            table_inputs,
+            lambda wildcards: report_plan.table_inputs(
+                config, wildcards.table, excluded=True
+            ),
         output:
             csv=f"results/tables/{{table}}_{{tag}}.csv",
             md=f"results/tables/{{table}}_{{tag}}.md",
@@ -60,7 +76,7 @@ if EVAL_EXCL_TAG:
             table="{table}",
             method_order=REPORT_METHOD_ORDER,
             variant_order=REPORT_VARIANT_ORDER,
-            title=table_caption,
+            title=lambda wildcards, output: report_plan.TABLE_TITLES[wildcards.table],
         script:
             "../scripts/report_table.py"
 
@@ -69,8 +85,8 @@ if EVAL_EXCL_TAG:
 # samples. Inputs: the images.h5 files each figure shows and the stimulus brick (ground truth).
 rule report_figure:
     input:
-        recon=lambda wildcards: figure_spec(wildcards)["inputs"],
-        brick=nsd_path(layout.stimuli_key()),
+        recon=lambda wildcards: FIGURE(wildcards)["inputs"],
+        brick=nsd_plan.brick(config),
     output:
         report(
             "results/figures/{figure}.png",
@@ -93,10 +109,10 @@ rule report_figure:
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
     params:
-        kind=lambda wildcards: figure_spec(wildcards)["kind"],
-        method=lambda wildcards: figure_spec(wildcards)["method"],
-        variant=lambda wildcards: figure_spec(wildcards).get("variant", ""),
-        rows=lambda wildcards: figure_spec(wildcards)["rows"],
+        kind=lambda wildcards: FIGURE(wildcards)["kind"],
+        method=lambda wildcards: FIGURE(wildcards)["method"],
+        variant=lambda wildcards: FIGURE(wildcards).get("variant", ""),
+        rows=lambda wildcards: FIGURE(wildcards)["rows"],
         n_images=REPORT["n_images"],
         images=REPORT["images"],
         max_samples=REPORT["max_samples"],
@@ -107,7 +123,7 @@ rule report_figure:
 
 rule report_metric_bars:
     input:
-        evaluation_files(config),
+        evaluate_plan.evaluation_files(config),
     output:
         report(
             "results/figures/metrics_bars.png",

@@ -4,11 +4,12 @@ The NSD root is ``params.root`` or, if the rule does not pass it, the folder of 
 the COCO root is ``params.coco_root`` or derived from ``output.coco`` (``<coco_root>/annotations/...``).
 """
 
+import dataclasses
 from pathlib import Path
 
 from brainrecon.nsd import layout
 from brainrecon.runtime import log_to
-from brainrecon.synth import PLANTED_FILE, generate
+from brainrecon.synth import PLANTED_FILE, SynthSettings, generate
 
 
 def _roots(params, output):
@@ -30,19 +31,9 @@ def _roots(params, output):
 with log_to(snakemake.log[0]):  # noqa: F821 (injected by Snakemake)
     p = snakemake.params  # noqa: F821
     root, coco_root = _roots(p, snakemake.output)  # noqa: F821
-    summary = generate(
-        root=root,
-        coco_root=coco_root,
-        subjects=[int(s) for s in p.subjects],
-        sessions=int(p.sessions),
-        n_images=int(p.n_images),
-        n_shared=int(p.n_shared),
-        n_reps=int(p.n_reps),
-        snr=float(p.snr),
-        noise_fraction=float(p.noise_fraction),
-        image_size=int(p.image_size),
-        seed=int(p.seed),
-        progress=True,
-    )
+    synth = {f.name: getattr(p, f.name) for f in dataclasses.fields(SynthSettings)
+             if f.name not in ("subjects", "sessions")}
+    settings = SynthSettings.build(subjects=[int(x) for x in p.subjects], sessions=int(p.sessions), **synth)
+    summary = generate(root, coco_root, settings, progress=True)
     print({k: v for k, v in summary.items() if k != "files"})
     print(f"{len(summary['files'])} files written")

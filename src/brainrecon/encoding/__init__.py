@@ -17,7 +17,7 @@ Public API (shapes in each docstring):
 * :func:`slice_mosaic`, :func:`plot_r_by_roi`
 """
 
-from brainrecon.encoding.analysis import DEFAULT_ALPHAS, encoding_analysis
+from brainrecon.encoding.analysis import encoding_analysis
 from brainrecon.encoding.figures import plot_r_by_roi, slice_mosaic
 from brainrecon.encoding.maps import save_map_nifti, to_volume
 from brainrecon.encoding.pca import PCAModel, PCAScores, fit_pca, pca_scores
@@ -33,7 +33,6 @@ __all__ = [
     "pvalue_null_gaussian",
     "fdr_bh",
     "encoding_analysis",
-    "DEFAULT_ALPHAS",
     "to_volume",
     "save_map_nifti",
     "roi_summary",

@@ -22,12 +22,10 @@ import numpy as np
 from brainrecon.encoding.pca import pca_scores
 from brainrecon.encoding.stats import fdr_bh, pearson_r_per_voxel, pvalue_null_gaussian
 
-__all__ = ["encoding_analysis", "DEFAULT_ALPHAS"]
+__all__ = ["encoding_analysis"]
 
 log = logging.getLogger(__name__)
 
-#: default alpha grid (features are PCA scores, not standardised; see ``standardize_X``)
-DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(0, 7, 15))
 
 
 def _torch_device(backend) -> str:
@@ -48,24 +46,13 @@ def _ridge_class():
     return KernelRidgeDecoder
 
 
-def encoding_analysis(
-    train_X,
-    train_Y,
-    test_X,
-    test_Y,
-    alphas=DEFAULT_ALPHAS,
-    cv=5,
-    backend="numpy",
-    n_components: int | None = 6400,
-    q: float = 0.05,
-    *,
-    standardize_X: bool = False,
-    target_batch: int = 4096,
-    dtype: str = "float32",
-    return_pred: bool = False,
-    progress: bool = True,
-) -> dict:
+def encoding_analysis(train_X, train_Y, test_X, test_Y, settings, *, folds=None, return_pred: bool = False,
+                      progress: bool = True) -> dict:
     """Fit and evaluate one voxelwise encoding model.
+
+    ``settings`` (:class:`brainrecon.encoding.plan.FitSettings`) gives ``alphas`` (several: chosen per voxel
+    by CV), ``cv`` (folds of the alpha search, unless ``folds`` gives them), ``backend``,
+    ``n_components``, ``q``, ``standardize_X`` and ``target_batch``.
 
     Parameters
     ----------
@@ -73,18 +60,19 @@ def encoding_analysis(
     train_Y : array-like (n, V)   training responses (prepared betas; rows match train_X)
     test_X : array-like (m, d)    features of the test images
     test_Y : array (m, V)         measured test responses (repetition averages)
-    alphas : float or sequence    ridge penalties; several -> chosen per voxel by CV
-    cv : int or folds             cross-validation folds for the alpha search
-    backend : himalaya backend name ("numpy", "torch", "torch_cuda"); PCA runs with torch
+    settings.alphas : ridge penalties; several -> chosen per voxel by CV
+    settings.cv / folds : cross-validation folds for the alpha search (an int, or explicit
+        (train, validation) index pairs in ``folds``, e.g. grouped by image)
+    settings.backend : himalaya backend name ("numpy", "torch", "torch_cuda"); PCA runs with torch
         on the same device (cuda for "torch_cuda", else cpu)
-    n_components : PCA components fitted on train_X only (paper: 6400), capped by the rank
+    settings.n_components : PCA components fitted on train_X only (paper: 6400), capped by the rank
         of the centred training features; None or d <= n_components: no PCA (a rotation
         would not change a ridge on unstandardised features).
-    q : BH-FDR level
-    standardize_X : z-score the (PCA) features before the ridge. Default False: PCA
-        scores keep their variances, so the penalty shrinks low-variance components most
-        (ridge on the centred features restricted to the top components).
-    target_batch, dtype : passed to the ridge (voxels per batch, precision)
+    settings.q : BH-FDR level
+    settings.standardize_X : z-score the (PCA) features before the ridge. False (the schema's
+        default): PCA scores keep their variances, so the penalty shrinks low-variance components
+        most (ridge on the centred features restricted to the top components).
+    settings.target_batch : voxels per ridge batch
     return_pred : also return the test predictions (m, V)
 
     Returns
@@ -95,6 +83,9 @@ def encoding_analysis(
       ``best_alphas`` (V,) alpha used per voxel; ``n_components_used`` int (d if no PCA);
       ``pca_note`` str; ``n_test`` int (m); ``q``; ``pred`` (m, V) if ``return_pred``.
     """
+    alphas, cv, backend, q = settings.alphas, settings.cv if folds is None else folds, settings.backend, settings.q
+    n_components, standardize_X, target_batch = settings.n_components, settings.standardize_X, settings.target_batch
+    dtype = "float32"
     n, d = _shape2(train_X, "train_X")
     m, d_test = _shape2(test_X, "test_X")
     if d_test != d:

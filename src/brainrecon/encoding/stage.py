@@ -33,7 +33,7 @@ prepared, features.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -135,7 +135,7 @@ def fit_encoding(prepared_h5, features_h5, outputs: Mapping, settings: FitSettin
     """
     n_components, alphas, cv, backend = settings.n_components, settings.alphas, settings.cv, settings.backend
     train_on, standardize_X, q = settings.train_on, settings.standardize_X, settings.q
-    target_batch, roi_files = settings.target_batch, settings.roi_files
+    roi_files = settings.roi_files
     out_h5, r_nii, sig_nii, roi_csv = outputs["h5"], outputs["r"], outputs["sig"], outputs["rois"]
     prepared_h5, features_h5 = Path(prepared_h5), Path(features_h5)
     for p, what in ((prepared_h5, "prepared betas"), (features_h5, "features")):
@@ -192,8 +192,7 @@ def fit_encoding(prepared_h5, features_h5, outputs: Mapping, settings: FitSettin
         folds = image_folds(img_of_row, int(cv)) if alist.size > 1 else None
         log.info("encoding %s subj%s (%s): %d training rows (%s) of %d images, %d test images, %d voxels, %s",
                  space, subject, voxel_set, Xtr.shape[0], train_on, train_imgs.size, test_ids.size, V, note)
-        res = encoding_analysis(Xtr, Ytr, Ste, Yte, alphas=alist, cv=folds, backend=backend, n_components=None,
-                                q=q, standardize_X=standardize_X, target_batch=int(target_batch),
+        res = encoding_analysis(Xtr, Ytr, Ste, Yte, dataclasses.replace(settings, n_components=None), folds=folds,
                                 progress=progress)
         rois = {n: np.asarray(prep[f"rois/{n}"][()]) for n in roi_files}
         tables = {n: label_table(prep, n) for n in roi_files}

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .metrics import as_uint8_images
+from .plan import CONVENTIONS, NET_NAMES
 
 __all__ = [
     "NET_NAMES",
@@ -71,26 +72,10 @@ __all__ = [
     "check_layers",
 ]
 
-NET_NAMES = ("alexnet", "inception_v3", "efficientnet_b1", "swav", "clip")
-TORCHVISION_NETS = ("alexnet", "inception_v3", "efficientnet_b1", "swav")
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-#: convention -> net -> (size, mode). mode "square": resize to (size, size);
-#: mode "shorter": torchvision Resize(size) semantics (shorter edge -> size, aspect kept).
-CONVENTIONS: dict[str, dict[str, tuple[int, str]]] = {
-    "braindiffuser": {n: (224, "square") for n in NET_NAMES},
-    "mindeye": {
-        "alexnet": (256, "shorter"),
-        "inception_v3": (342, "shorter"),
-        "efficientnet_b1": (255, "shorter"),
-        "swav": (224, "shorter"),
-        "clip": (224, "shorter"),
-    },
-}
 
 #: The layers the metric suite reads, with what they are.
 STANDARD_LAYERS: dict[str, dict[str, str]] = {

@@ -7,12 +7,9 @@ the metric suite (:mod:`.metrics`, :mod:`.nets`, :mod:`.suite`):
    (n, samples, S, S, 3), ``nsd_ids`` (n,), ``seeds``) and checks it;
 2. :func:`read_ground_truth` reads only those rows of the NSD ``imgBrick`` (row = nsdId,
    uint8 425 x 425 x 3), in the images.h5 order;
-3. :func:`compute_scores` extracts every net's features **once** (batched, all layers of a net
-   in one pass) and keeps per-image pixel scores and the GT x reconstruction correlation
-   matrices; :meth:`ScoreBank.summary` then gives the metric values on any subset of the images
-   (all test images, or all but an exclusion list) exactly as :func:`~.suite.evaluate_all`
-   defines them - identification is recomputed *within* the subset, not averaged from the
-   full set - and :meth:`ScoreBank.per_image` the per-image values;
+3. :func:`~.suite.compute_scores` (the one metric engine) extracts every net's features once and
+   keeps what every metric needs; its :meth:`~.suite.ScoreBank.summary` gives the values on all test
+   images and on all but an exclusion list, :meth:`~.suite.ScoreBank.per_image` the per-image values;
 4. one-row CSVs (ids + ``convention`` + ``n_images`` + metric columns) are written atomically,
    after everything was computed (a failure leaves no output).
 
@@ -30,45 +27,29 @@ Nishimoto follow-up's control analysis (test images also found in LAION-5B).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..io import atomic_dir, atomic_path
-from ..report.targets import exclusion_tag
-from .metrics import (
-    SSIM_KWARGS,
-    corr_matrix,
-    identification_from_mean_corr,
-    nway_top1,
-    resize_images,
-    two_way_from_corr,
-)
-from .nets import NET_NAMES, SWAV_URL, TORCHVISION_NETS, _TV_WEIGHTS, build_eval_net, extract_features
-from .suite import (
-    BRAINDIFFUSER_COLUMNS,
-    TAKAGI_COLUMNS,
-    check_eval_inputs,
-    metric_spec,
-    metrics_table,
-    required_nets,
-)
+from ..models.plan import Runtime
+from .nets import SWAV_URL, _TV_WEIGHTS, build_eval_net
+from .plan import EVAL_WEIGHTS, NET_NAMES, TORCHVISION_NETS, EvalSettings, exclusion_tag, required_nets
+from .suite import compute_scores, metrics_table
 
 log = logging.getLogger(__name__)
 
+EVALNETS_MANIFEST = "evalnets.json"
+
 __all__ = [
-    "EVAL_WEIGHTS",
     "EVALNETS_MANIFEST",
     "Reconstructions",
-    "ScoreBank",
     "eval_net_files",
     "fetch_eval_nets",
     "load_eval_nets",
@@ -77,15 +58,8 @@ __all__ = [
     "read_exclusion_list",
     "exclusion_tag",
     "split_test_ids",
-    "resolve_metrics",
-    "compute_scores",
     "evaluate_reconstruction",
 ]
-
-EVAL_WEIGHTS = ("tiny", "pretrained")
-EVALNETS_MANIFEST = "evalnets.json"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 # --------------------------------------------------------------------------- evaluation nets
 def eval_net_files(nets=TORCHVISION_NETS) -> dict[str, tuple[str, str]]:
@@ -336,240 +310,28 @@ def split_test_ids(stimuli_csvs) -> np.ndarray:
     return np.array(sorted(common), dtype=np.int64)
 
 
-def resolve_metrics(metrics=None, with_samples: bool = False, add_takagi: bool = True, nway_n=()) -> list[str]:
-    """Metric columns to compute: ``metrics`` (default the Brain-Diffuser Table 1 columns), plus the
-    Takagi (TN-) columns when the reconstructions have a sample axis and ``add_takagi``, plus
-    ``{n}-way-top1`` for each n of ``nway_n``. Unknown names raise ``ValueError``."""
-    out = list(BRAINDIFFUSER_COLUMNS if metrics is None else metrics)
-    if with_samples and add_takagi:
-        out += [c for c in TAKAGI_COLUMNS if c not in out]
-    out += [f"{int(n)}-way-top1" for n in nway_n if f"{int(n)}-way-top1" not in out]
-    for m in out:
-        metric_spec(m, "inception_v3")
-    if len(set(out)) != len(out):
-        raise ValueError(f"duplicate metrics in {out}")
-    return out
-
-
-# --------------------------------------------------------------------------- scores
-def _resolve_device(device) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _autocast(device: torch.device, dtype):
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        dtype = _DTYPES[dtype]
-    if device.type != "cuda" or dtype in (None, torch.float32):
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dtype)
-
-
-@dataclass
-class ScoreBank:
-    """Everything the metrics need, computed once for N images x S samples.
-
-    pixel: ``{"PixCorr"|"SSIM": float64 (N, S)}`` per image and sample.
-    corr: ``{(net, layer): float64 (N, N, S)}`` with ``corr[i, j, s] = corr(GT_i, recon_{j,s})``.
-    logits: ``{(net, layer): (gt (N, C), recon (N, S, C))}`` for n-way columns.
-    """
-
-    metrics: list[str]
-    n_images: int
-    n_samples: int
-    convention: str
-    nway_net: str = "inception_v3"
-    nway_trials: int = 100
-    seed: int = 0
-    pixel: dict = field(default_factory=dict)
-    corr: dict = field(default_factory=dict)
-    logits: dict = field(default_factory=dict)
-
-    def _idx(self, idx):
-        if idx is None:
-            return np.arange(self.n_images)
-        idx = np.asarray(idx)
-        if idx.dtype == bool:
-            if idx.shape != (self.n_images,):
-                raise ValueError(f"boolean subset must have shape ({self.n_images},), got {idx.shape}")
-            idx = np.flatnonzero(idx)
-        idx = idx.astype(np.int64)
-        if len(idx) < 2:
-            raise ValueError(f"a subset of {len(idx)} image(s) cannot be evaluated (identification compares >= 2)")
-        if len(np.unique(idx)) != len(idx) or idx.min() < 0 or idx.max() >= self.n_images:
-            raise ValueError("subset indices must be distinct and lie in 0..N-1")
-        return idx
-
-    def summary(self, idx=None) -> dict:
-        """``{"convention", "n_images", "n_samples", <metric>: value}`` on the images ``idx``
-        (indices or boolean mask; default all) - the same numbers :func:`~.suite.evaluate_all` gives
-        for ``gt[idx], recon[idx]``."""
-        idx = self._idx(idx)
-        out = {"convention": self.convention, "n_images": int(len(idx)), "n_samples": int(self.n_samples)}
-        for m in self.metrics:
-            sp = metric_spec(m, self.nway_net)
-            if sp.kind in ("pixcorr", "ssim"):
-                v = self.pixel[m][idx].mean()
-            elif sp.kind == "nway":
-                n_way = int(m.split("-", 1)[0])
-                g, r = self.logits[(sp.net, sp.layer)]
-                v = np.mean([nway_top1(g[idx], r[idx, k], n=n_way, trials=self.nway_trials, seed=self.seed)
-                             for k in range(self.n_samples)])
-            else:
-                c = self.corr[(sp.net, sp.layer)][np.ix_(idx, idx)]  # (n, n, S)
-                if sp.kind == "two_way":
-                    v = np.mean([two_way_from_corr(c[:, :, k]) for k in range(self.n_samples)])
-                elif sp.kind == "corr_dist":
-                    v = np.mean(1.0 - np.einsum("iis->is", c))
-                elif sp.kind == "takagi":
-                    v = identification_from_mean_corr(c.mean(2))
-                else:  # pragma: no cover
-                    raise AssertionError(sp.kind)
-            out[m] = float(v)
-        return out
-
-    def per_image(self) -> dict[str, np.ndarray]:
-        """Per-image values on the full set, ``{metric: float64 (N,)}`` (mean over samples): PixCorr,
-        SSIM, correlation distances; two-way: for reconstruction j, the fraction of GT i != j with
-        r[i, j] < r[j, j]; Takagi: for GT i, the fraction of j != i with m[i, i] > m[i, j].
-        Their means are the summary values. n-way columns are not per-image and are left out."""
-        out = {}
-        n = self.n_images
-        for m in self.metrics:
-            sp = metric_spec(m, self.nway_net)
-            if sp.kind in ("pixcorr", "ssim"):
-                out[m] = self.pixel[m].mean(1)
-            elif sp.kind == "nway":
-                continue
-            else:
-                c = self.corr[(sp.net, sp.layer)]
-                diag = np.einsum("iis->is", c)  # (N, S)
-                if sp.kind == "two_way":
-                    out[m] = (c < diag[None, :, :]).sum(0).mean(1) / (n - 1)
-                elif sp.kind == "corr_dist":
-                    out[m] = (1.0 - diag).mean(1)
-                elif sp.kind == "takagi":
-                    mm = c.mean(2)
-                    out[m] = (np.diagonal(mm)[:, None] > mm).sum(1) / (n - 1)
-        return out
-
-
-def _pixel_scores(gt, recon, want, batch_size, device, names=None) -> dict:
-    """Per-image, per-sample PixCorr / SSIM (same definitions as :func:`~.metrics.pixcorr` /
-    :func:`~.metrics.ssim_score`): ``{column: (N, S)}``."""
-    from skimage.color import rgb2gray
-    from skimage.metrics import structural_similarity
-
-    n, s = recon.shape[:2]
-    size = gt.shape[1:3]
-    if "SSIM" in want and min(size) < 11:
-        raise ValueError(f"SSIM: gt images are {size} px; the 11x11 gaussian window (sigma 1.5) needs >= 11 px")
-    out = {m: np.empty((n, s), dtype=np.float64) for m in want}
-    for start in tqdm(range(0, n, batch_size), desc="pixel metrics", leave=False):
-        g = gt[start : start + batch_size].astype(np.float64) / 255.0
-        g_gray = [rgb2gray(x) for x in g] if "SSIM" in want else None
-        for k in range(s):
-            r = resize_images(recon[start : start + batch_size, k], size, device).permute(0, 2, 3, 1).cpu().numpy()
-            for b in range(len(g)):
-                i = start + b
-                if "PixCorr" in want:
-                    gc = g[b].ravel() - g[b].mean()
-                    rc = r[b].ravel() - r[b].mean()
-                    den = np.sqrt((gc @ gc) * (rc @ rc))
-                    if den == 0:
-                        label = f"nsdId {names[i]}" if names is not None else f"image {i}"
-                        raise ValueError(f"PixCorr: {label} (sample {k}) is constant in gt or recon; r undefined")
-                    out["PixCorr"][i, k] = gc @ rc / den
-                if "SSIM" in want:
-                    out["SSIM"][i, k] = structural_similarity(g_gray[b], rgb2gray(r[b]), **SSIM_KWARGS)
-    return out
-
-
-def compute_scores(gt, recon, nets: dict, metrics=None, convention: str = "braindiffuser",
-                   batch_size: int = 32, device=None, dtype="float32", nway_net: str = "inception_v3",
-                   nway_trials: int = 100, seed: int = 0, nsd_ids=None) -> ScoreBank:
-    """Per-image scores of one reconstruction set (see :class:`ScoreBank`).
-
-    gt: uint8 (N, H, W, 3); recon: uint8 (N, h, w, 3) or (N, S, h, w, 3), row i = image i.
-    nets: ``{net: model}`` (:func:`load_eval_nets`) covering the metrics' nets. metrics: column
-    names (default: :func:`resolve_metrics`). Features are extracted once per net with all its
-    layers (:func:`~.nets.extract_features`, ``batch_size`` images at a time, on ``device``, under
-    autocast to ``dtype`` on CUDA; CPU always float32); correlations are float64.
-    nsd_ids only name images in error messages.
-    """
-    gt, recon, _, metrics, specs = check_eval_inputs(gt, recon, nets, metrics, convention, nway_net,
-                                                     lambda with_samples: resolve_metrics(None, with_samples))
-    n, s = recon.shape[:2]
-    dev = _resolve_device(device)
-    bank = ScoreBank(metrics, n, s, convention, nway_net, nway_trials, seed)
-
-    pix = [sp.column for sp in specs if sp.kind in ("pixcorr", "ssim")]
-    if pix:
-        bank.pixel = _pixel_scores(gt, recon, pix, batch_size, dev, names=nsd_ids)
-
-    flat = recon.reshape(n * s, *recon.shape[2:])
-    for net_name in NET_NAMES:
-        net_specs = [sp for sp in specs if sp.net == net_name]
-        if not net_specs:
-            continue
-        layers = list(dict.fromkeys(sp.layer for sp in net_specs))
-        model = nets[net_name]
-        with _autocast(dev, dtype):
-            gt_f = extract_features(net_name, model, gt, layers, convention, batch_size, dev)
-            rec_f = extract_features(net_name, model, flat, layers, convention, batch_size, dev)
-        for layer in layers:
-            kinds = {sp.kind for sp in net_specs if sp.layer == layer}
-            if kinds - {"nway"}:
-                c = corr_matrix(gt_f[layer], rec_f[layer], dev, a_name=f"gt {net_name}.{layer}",
-                                b_name=f"recon {net_name}.{layer}")
-                bank.corr[(net_name, layer)] = c.numpy().reshape(n, n, s)
-            if "nway" in kinds:
-                bank.logits[(net_name, layer)] = (gt_f[layer], rec_f[layer].reshape(n, s, -1))
-        del gt_f, rec_f
-        model.to("cpu")
-    return bank
-
-
 # --------------------------------------------------------------------------- the stage
-def evaluate_reconstruction(
-    images_h5,
-    brick,
-    out_csv,
-    *,
-    ids: dict,
-    nets: dict,
-    metrics=None,
-    add_takagi: bool = True,
-    nway_n=(),
-    nway_trials: int = 100,
-    nway_net: str = "inception_v3",
-    convention: str = "braindiffuser",
-    batch_size: int = 32,
-    device=None,
-    dtype="float32",
-    seed: int = 0,
-    stimuli=None,
-    exclude=None,
-    excluded_csv=None,
-    per_image_csv=None,
-) -> dict:
+def evaluate_reconstruction(inputs, outputs, settings: EvalSettings, *, ids: dict, nets, runtime: Runtime) -> dict:
     """Evaluate one ``images.h5`` and write its CSVs; returns ``{"all": row, "excluded": row|None}``.
 
+    inputs: ``images`` (images.h5), ``brick`` (the stimulus brick), ``stimuli`` (stimulus table(s) of the
+    subject — all subjects for the average: the reconstructed nsd_ids must be test images of all of them,
+    :func:`split_test_ids`; a training image or an unknown id is an error, fewer images than the split is
+    logged and visible in ``n_images``), ``exclude`` (optional exclusion list file).
+    outputs: ``csv``; with an exclusion list ``excluded`` (required) gets the row computed without those
+    images (``subset`` = :func:`~.plan.exclusion_tag`), identification recomputed on what is left;
+    ``per_image`` (optional) the per-image values (:meth:`~.suite.ScoreBank.per_image`, on all images) with
+    ``nsd_id`` and, with an exclusion list, ``excluded``.
+    settings: the metrics and their conventions (:class:`~.plan.EvalSettings`).
     ids: identifying columns put first in every CSV (e.g. method, variant, subject, weights).
     nets: ``{net: model}``, or a callable ``names -> {net: model}`` (e.g. a partial of
     :func:`load_eval_nets`) called with the nets the resolved metrics need.
-    stimuli: stimulus table(s) of the subject (all subjects for the average): the reconstructed
-    nsd_ids must be test images of all of them (:func:`split_test_ids`) - a training image or an
-    unknown id is an error; fewer images than the split is logged and visible in ``n_images``.
-    exclude: exclusion list file; then ``excluded_csv`` (required) gets the row computed without
-    those images (``subset`` = :func:`exclusion_tag`), identification recomputed on what is left.
-    per_image_csv: optional per-image values (:meth:`ScoreBank.per_image`, on all images) with
-    ``nsd_id`` and, with an exclusion list, ``excluded``. All outputs are written only after every
-    value was computed, each atomically.
+    runtime: device, dtype (autocast on CUDA) and images per net call.
+    All outputs are written only after every value was computed, each atomically.
     """
+    images_h5, brick, stimuli = inputs["images"], inputs["brick"], inputs.get("stimuli")
+    exclude = inputs.get("exclude")
+    out_csv, excluded_csv, per_image_csv = outputs["csv"], outputs.get("excluded"), outputs.get("per_image")
     if exclude is not None and excluded_csv is None:
         raise ValueError("an exclusion list needs excluded_csv (where the table without those images goes)")
     if exclude is None and excluded_csv is not None:
@@ -586,7 +348,7 @@ def evaluate_reconstruction(
         if len(rec.nsd_ids) < len(split):
             log.warning("%s covers %d of the %d test images", images_h5, len(rec.nsd_ids), len(split))
     gt = read_ground_truth(brick, rec.nsd_ids)
-    metrics = resolve_metrics(metrics, rec.images.ndim == 5, add_takagi, nway_n)
+    metrics = settings.columns(rec.images.ndim == 5)
 
     keep = None
     tag = None
@@ -601,9 +363,8 @@ def evaluate_reconstruction(
                              "at least 2 are needed")
 
     if callable(nets):
-        nets = nets(required_nets(metrics, nway_net))
-    bank = compute_scores(gt, rec.images, nets, metrics, convention, batch_size, device, dtype,
-                          nway_net, nway_trials, seed, nsd_ids=rec.nsd_ids)
+        nets = nets(required_nets(metrics, settings.nway_net))
+    bank = compute_scores(gt, rec.images, nets, settings, metrics=metrics, runtime=runtime, nsd_ids=rec.nsd_ids)
     base = dict(ids)
     row_all = {**base, "subset": "all", "exclusion": "", "n_excluded": 0, **bank.summary()}
     row_excl = None

@@ -1,138 +1,59 @@
-"""One metric suite for every method: :func:`evaluate_all` and the stable column names.
+"""The one metric engine of the evaluation suite: every method's reconstructions, the same metrics.
 
-Columns (CSV headers; values are floats, identification as fractions in [0, 1]):
-
-Brain-Diffuser Table 1 (:data:`BRAINDIFFUSER_COLUMNS`)
-  ``PixCorr``      pixel correlation (higher is better)
-  ``SSIM``         grayscale SSIM (higher)
-  ``AlexNet(2)``   two-way identification, AlexNet ``features.4`` (higher)
-  ``AlexNet(5)``   two-way identification, AlexNet ``features.11`` (higher)
-  ``Inception``    two-way identification, Inception-v3 ``avgpool`` (higher)
-  ``CLIP``         two-way identification, CLIP ViT-L/14 ``image_embeds`` (higher)
-  ``EffNet-B``     correlation distance, EfficientNet-B1 ``avgpool`` (lower)
-  ``SwAV``         correlation distance, SwAV ResNet-50 ``avgpool`` (lower)
-Takagi & Nishimoto identification over samples (:data:`TAKAGI_COLUMNS`, "TN-" prefix)
-  ``TN-CLIP-early`` / ``-mid`` / ``-late``     CLIP ``hidden_states.6`` / ``hidden_states.12`` / ``image_embeds``
-  ``TN-AlexNet-early`` / ``-mid`` / ``-late``  AlexNet ``features.5`` / ``features.12`` / ``classifier.5``
-  ``TN-Inception``                              Inception-v3 ``avgpool``
-CnD (optional)
-  ``{n}-way-top1`` e.g. ``50-way-top1``: n-way top-1 with an ImageNet classifier's logits
-  (``nway_net``; default Inception-v3 ``fc``; CnD/MinD-Vis used a ViT-H/14 classifier).
-Metadata (:data:`META_COLUMNS`): ``convention`` (preprocessing convention name), ``n_images``,
-``n_samples``.
+:func:`compute_scores` extracts every net's features **once** (batched, all layers of a net in one
+pass, :func:`~.nets.extract_features`) and keeps per-image pixel scores and the GT × reconstruction
+correlation matrices in a :class:`ScoreBank`; :meth:`ScoreBank.summary` then gives the metric values
+(:mod:`.plan` names them; SPEC §6 and §4 "Identification" define them) on any subset of the images
+(all test images, or all but an exclusion list) — identification is recomputed *within* the subset,
+not averaged from the full set — and :meth:`ScoreBank.per_image` the per-image values.
+:func:`metrics_table` / :func:`write_metrics_csv` turn result rows into the stage's CSV columns.
 
 Several samples per image (recon ``(N, S, h, w, 3)``): the TN- columns use all samples as their
 definition says; every other column is computed per sample s (sample s of every image against
-the GT) and averaged over s. Defaults: the Brain-Diffuser columns, plus the TN- columns when
-recon has a sample axis.
+the GT) and averaged over s.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from ..io import atomic_path
+from ..models.plan import Runtime
 from .metrics import (
+    SSIM_KWARGS,
     as_uint8_images,
-    correlation_distance,
-    identification_over_samples,
+    corr_matrix,
+    identification_from_mean_corr,
     nway_top1,
-    pixcorr,
-    ssim_score,
-    two_way_identification,
+    resize_images,
+    two_way_from_corr,
 )
-from .nets import CONVENTIONS, NET_NAMES, extract_features
+from .nets import extract_features
+from .plan import (
+    CONVENTIONS,
+    META_COLUMNS,
+    METRICS,
+    NET_NAMES,
+    NWAY_RE,
+    EvalSettings,
+    metric_spec,
+    resolve_metrics,
+)
 
-__all__ = [
-    "MetricSpec",
-    "METRICS",
-    "BRAINDIFFUSER_COLUMNS",
-    "TAKAGI_COLUMNS",
-    "META_COLUMNS",
-    "NWAY_LAYERS",
-    "metric_spec",
-    "default_metrics",
-    "check_eval_inputs",
-    "required_nets",
-    "evaluate_all",
-    "metrics_table",
-    "write_metrics_csv",
-]
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    """One column: ``kind`` in pixcorr | ssim | two_way | corr_dist | takagi | nway."""
-
-    column: str
-    kind: str
-    net: str | None
-    layer: str | None
-    higher_is_better: bool
-    description: str
-
-
-_SPECS = [
-    MetricSpec("PixCorr", "pixcorr", None, None, True, "pixel Pearson r, recon resized to GT size"),
-    MetricSpec("SSIM", "ssim", None, None, True, "grayscale SSIM (gaussian, sigma 1.5), recon resized to GT size"),
-    MetricSpec("AlexNet(2)", "two_way", "alexnet", "features.4", True, "two-way identification"),
-    MetricSpec("AlexNet(5)", "two_way", "alexnet", "features.11", True, "two-way identification"),
-    MetricSpec("Inception", "two_way", "inception_v3", "avgpool", True, "two-way identification"),
-    MetricSpec("CLIP", "two_way", "clip", "image_embeds", True, "two-way identification"),
-    MetricSpec("EffNet-B", "corr_dist", "efficientnet_b1", "avgpool", False, "mean correlation distance"),
-    MetricSpec("SwAV", "corr_dist", "swav", "avgpool", False, "mean correlation distance"),
-    MetricSpec("TN-CLIP-early", "takagi", "clip", "hidden_states.6", True, "Takagi identification over samples"),
-    MetricSpec("TN-CLIP-mid", "takagi", "clip", "hidden_states.12", True, "Takagi identification over samples"),
-    MetricSpec("TN-CLIP-late", "takagi", "clip", "image_embeds", True, "Takagi identification over samples"),
-    MetricSpec("TN-AlexNet-early", "takagi", "alexnet", "features.5", True, "Takagi identification over samples"),
-    MetricSpec("TN-AlexNet-mid", "takagi", "alexnet", "features.12", True, "Takagi identification over samples"),
-    MetricSpec("TN-AlexNet-late", "takagi", "alexnet", "classifier.5", True, "Takagi identification over samples"),
-    MetricSpec("TN-Inception", "takagi", "inception_v3", "avgpool", True, "Takagi identification over samples"),
-]
-#: Fixed columns, in table order.
-METRICS: dict[str, MetricSpec] = {s.column: s for s in _SPECS}
-BRAINDIFFUSER_COLUMNS = ("PixCorr", "SSIM", "AlexNet(2)", "AlexNet(5)", "Inception", "CLIP", "EffNet-B", "SwAV")
-TAKAGI_COLUMNS = tuple(c for c in METRICS if c.startswith("TN-"))
-META_COLUMNS = ("convention", "n_images", "n_samples")
-#: ImageNet logits layer per classifier net, for ``{n}-way-top1``.
-NWAY_LAYERS = {"inception_v3": "fc", "alexnet": "classifier.6", "efficientnet_b1": "classifier.1"}
-_NWAY_RE = re.compile(r"^(\d+)-way-top1$")
-
-
-def metric_spec(column: str, nway_net: str = "inception_v3") -> MetricSpec:
-    """The :class:`MetricSpec` of ``column`` (fixed columns or ``{n}-way-top1``); ValueError if unknown."""
-    if column in METRICS:
-        return METRICS[column]
-    m = _NWAY_RE.match(str(column))
-    if m:
-        if nway_net not in NWAY_LAYERS:
-            raise ValueError(f"{column}: nway_net {nway_net!r} has no ImageNet logits; use one of {list(NWAY_LAYERS)}")
-        n = int(m.group(1))
-        return MetricSpec(column, "nway", nway_net, NWAY_LAYERS[nway_net], True, f"{n}-way top-1 accuracy")
-    raise ValueError(f"unknown metric {column!r}; known: {', '.join(METRICS)} and '<n>-way-top1' (e.g. 50-way-top1)")
-
-
-def default_metrics(with_samples: bool) -> list[str]:
-    """Brain-Diffuser columns, plus the Takagi (TN-) columns when there is a sample axis."""
-    return list(BRAINDIFFUSER_COLUMNS) + (list(TAKAGI_COLUMNS) if with_samples else [])
-
-
-def required_nets(metrics, nway_net: str = "inception_v3") -> list[str]:
-    """Evaluation nets (names of :data:`~brainrecon.evaluate.nets.NET_NAMES`) that ``metrics`` need."""
-    nets = {metric_spec(m, nway_net).net for m in metrics} - {None}
-    return [n for n in NET_NAMES if n in nets]
-
-
-def check_eval_inputs(gt, recon, nets: dict, metrics, convention: str, nway_net: str, default_metrics):
-    """Validate one evaluation's inputs (shared by :func:`evaluate_all` and
-    :func:`~brainrecon.evaluate.stage.compute_scores`).
+def check_eval_inputs(gt, recon, nets: dict, metrics, convention: str, nway_net: str):
+    """Validate one evaluation's inputs.
 
     gt: uint8 (N, H, W, 3); recon: uint8 (N, h, w, 3) or (N, S, h, w, 3), row i = image i;
-    N >= 2. metrics: column names, or ``None`` for ``default_metrics(with_samples)``; no
-    duplicates; every net they need must be a key of ``nets``.
+    N >= 2. metrics: column names, or ``None`` for :func:`~.plan.resolve_metrics` ``(None,
+    with_samples)``; no duplicates; every net they need must be a key of ``nets``.
     Returns (gt, recon as (N, S, h, w, 3), with_samples, metrics list, their :class:`MetricSpec`).
     """
     if convention not in CONVENTIONS:
@@ -150,7 +71,7 @@ def check_eval_inputs(gt, recon, nets: dict, metrics, convention: str, nway_net:
         raise ValueError(f"gt has N = {gt.shape[0]} images but recon has N = {n}; they must pair one to one")
     if n < 2:
         raise ValueError("evaluation needs at least 2 test images (identification compares images)")
-    metrics = default_metrics(with_samples) if metrics is None else list(metrics)
+    metrics = resolve_metrics(None, with_samples) if metrics is None else list(metrics)
     if len(set(metrics)) != len(metrics):
         raise ValueError(f"duplicate metrics in {metrics}")
     specs = [metric_spec(m, nway_net) for m in metrics]
@@ -161,77 +82,193 @@ def check_eval_inputs(gt, recon, nets: dict, metrics, convention: str, nway_net:
     return gt, recon, with_samples, metrics, specs
 
 
-def evaluate_all(
-    gt,
-    recon,
-    nets: dict,
-    convention: str = "braindiffuser",
-    metrics=None,
-    batch_size: int = 32,
-    device=None,
-    nway_net: str = "inception_v3",
-    nway_trials: int = 100,
-    seed: int = 0,
-) -> dict:
-    """Every requested metric for one (method, variant, subject): ``{column: value}``.
 
-    gt: uint8 (N, H, W, 3) ground-truth test images (NSD: 425 px), row i = test image i.
-    recon: uint8 (N, h, w, 3), or (N, S, h, w, 3) with S generated samples per image, same order.
-    nets: ``{net_name: model}`` from :func:`~brainrecon.evaluate.nets.build_eval_net`; only the
-    nets the metrics need must be present. convention: preprocessing convention
-    (:data:`~brainrecon.evaluate.nets.CONVENTIONS`), recorded in the result's ``convention``.
-    metrics: column names (module docstring); default :func:`default_metrics`.
-    Returns ``{"convention", "n_images", "n_samples", <metric columns in the order asked>}``.
-    Features are computed once per net (all its layers in one pass) and freed after use.
+def _resolve_device(device) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _autocast(device: torch.device, dtype):
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        dtype = _DTYPES[dtype]
+    if device.type != "cuda" or dtype in (None, torch.float32):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@dataclass
+class ScoreBank:
+    """Everything the metrics need, computed once for N images x S samples.
+
+    pixel: ``{"PixCorr"|"SSIM": float64 (N, S)}`` per image and sample.
+    corr: ``{(net, layer): float64 (N, N, S)}`` with ``corr[i, j, s] = corr(GT_i, recon_{j,s})``.
+    logits: ``{(net, layer): (gt (N, C), recon (N, S, C))}`` for n-way columns.
     """
-    gt, recon, _, metrics, specs = check_eval_inputs(gt, recon, nets, metrics, convention, nway_net,
-                                                     default_metrics)
+
+    metrics: list[str]
+    n_images: int
+    n_samples: int
+    convention: str
+    nway_net: str = "inception_v3"
+    nway_trials: int = 100
+    seed: int = 0
+    pixel: dict = field(default_factory=dict)
+    corr: dict = field(default_factory=dict)
+    logits: dict = field(default_factory=dict)
+
+    def _idx(self, idx):
+        if idx is None:
+            return np.arange(self.n_images)
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            if idx.shape != (self.n_images,):
+                raise ValueError(f"boolean subset must have shape ({self.n_images},), got {idx.shape}")
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64)
+        if len(idx) < 2:
+            raise ValueError(f"a subset of {len(idx)} image(s) cannot be evaluated (identification compares >= 2)")
+        if len(np.unique(idx)) != len(idx) or idx.min() < 0 or idx.max() >= self.n_images:
+            raise ValueError("subset indices must be distinct and lie in 0..N-1")
+        return idx
+
+    def summary(self, idx=None) -> dict:
+        """``{"convention", "n_images", "n_samples", <metric>: value}`` on the images ``idx``
+        (indices or boolean mask; default all) - the same numbers :func:`~.suite.evaluate_all` gives
+        for ``gt[idx], recon[idx]``."""
+        idx = self._idx(idx)
+        out = {"convention": self.convention, "n_images": int(len(idx)), "n_samples": int(self.n_samples)}
+        for m in self.metrics:
+            sp = metric_spec(m, self.nway_net)
+            if sp.kind in ("pixcorr", "ssim"):
+                v = self.pixel[m][idx].mean()
+            elif sp.kind == "nway":
+                n_way = int(m.split("-", 1)[0])
+                g, r = self.logits[(sp.net, sp.layer)]
+                v = np.mean([nway_top1(g[idx], r[idx, k], n=n_way, trials=self.nway_trials, seed=self.seed)
+                             for k in range(self.n_samples)])
+            else:
+                c = self.corr[(sp.net, sp.layer)][np.ix_(idx, idx)]  # (n, n, S)
+                if sp.kind == "two_way":
+                    v = np.mean([two_way_from_corr(c[:, :, k]) for k in range(self.n_samples)])
+                elif sp.kind == "corr_dist":
+                    v = np.mean(1.0 - np.einsum("iis->is", c))
+                elif sp.kind == "takagi":
+                    v = identification_from_mean_corr(c.mean(2))
+                else:  # pragma: no cover
+                    raise AssertionError(sp.kind)
+            out[m] = float(v)
+        return out
+
+    def per_image(self) -> dict[str, np.ndarray]:
+        """Per-image values on the full set, ``{metric: float64 (N,)}`` (mean over samples): PixCorr,
+        SSIM, correlation distances; two-way: for reconstruction j, the fraction of GT i != j with
+        r[i, j] < r[j, j]; Takagi: for GT i, the fraction of j != i with m[i, i] > m[i, j].
+        Their means are the summary values. n-way columns are not per-image and are left out."""
+        out = {}
+        n = self.n_images
+        for m in self.metrics:
+            sp = metric_spec(m, self.nway_net)
+            if sp.kind in ("pixcorr", "ssim"):
+                out[m] = self.pixel[m].mean(1)
+            elif sp.kind == "nway":
+                continue
+            else:
+                c = self.corr[(sp.net, sp.layer)]
+                diag = np.einsum("iis->is", c)  # (N, S)
+                if sp.kind == "two_way":
+                    out[m] = (c < diag[None, :, :]).sum(0).mean(1) / (n - 1)
+                elif sp.kind == "corr_dist":
+                    out[m] = (1.0 - diag).mean(1)
+                elif sp.kind == "takagi":
+                    mm = c.mean(2)
+                    out[m] = (np.diagonal(mm)[:, None] > mm).sum(1) / (n - 1)
+        return out
+
+
+def _pixel_scores(gt, recon, want, batch_size, device, names=None) -> dict:
+    """Per-image, per-sample PixCorr / SSIM (same definitions as :func:`~.metrics.pixcorr` /
+    :func:`~.metrics.ssim_score`): ``{column: (N, S)}``."""
+    from skimage.color import rgb2gray
+    from skimage.metrics import structural_similarity
+
     n, s = recon.shape[:2]
-    unknown_nets = set(nets) - set(NET_NAMES)
-    if unknown_nets:
-        raise ValueError(f"nets: unknown net names {sorted(unknown_nets)}; known: {', '.join(NET_NAMES)}")
+    size = gt.shape[1:3]
+    if "SSIM" in want and min(size) < 11:
+        raise ValueError(f"SSIM: gt images are {size} px; the 11x11 gaussian window (sigma 1.5) needs >= 11 px")
+    out = {m: np.empty((n, s), dtype=np.float64) for m in want}
+    for start in tqdm(range(0, n, batch_size), desc="pixel metrics", leave=False):
+        g = gt[start : start + batch_size].astype(np.float64) / 255.0
+        g_gray = [rgb2gray(x) for x in g] if "SSIM" in want else None
+        for k in range(s):
+            r = resize_images(recon[start : start + batch_size, k], size, device).permute(0, 2, 3, 1).cpu().numpy()
+            for b in range(len(g)):
+                i = start + b
+                if "PixCorr" in want:
+                    gc = g[b].ravel() - g[b].mean()
+                    rc = r[b].ravel() - r[b].mean()
+                    den = np.sqrt((gc @ gc) * (rc @ rc))
+                    if den == 0:
+                        label = f"nsdId {names[i]}" if names is not None else f"image {i}"
+                        raise ValueError(f"PixCorr: {label} (sample {k}) is constant in gt or recon; r undefined")
+                    out["PixCorr"][i, k] = gc @ rc / den
+                if "SSIM" in want:
+                    out["SSIM"][i, k] = structural_similarity(g_gray[b], rgb2gray(r[b]), **SSIM_KWARGS)
+    return out
 
-    values: dict[str, float] = {}
-    for sp in specs:
-        if sp.kind == "pixcorr":
-            values[sp.column] = float(np.mean([pixcorr(gt, recon[:, k], device=device) for k in range(s)]))
-        elif sp.kind == "ssim":
-            values[sp.column] = float(np.mean([ssim_score(gt, recon[:, k], device=device) for k in range(s)]))
 
-    flat_recon = recon.reshape(n * s, *recon.shape[2:])
+def compute_scores(gt, recon, nets: dict, settings: EvalSettings, *, metrics=None, runtime: Runtime | None = None,
+                   nsd_ids=None) -> ScoreBank:
+    """Per-image scores of one reconstruction set (see :class:`ScoreBank`).
+
+    gt: uint8 (N, H, W, 3); recon: uint8 (N, h, w, 3) or (N, S, h, w, 3), row i = image i.
+    nets: ``{net: model}`` (:func:`~.stage.load_eval_nets`) covering the metrics' nets.
+    settings: the preprocessing ``convention`` and the n-way classifier, trials and seed
+    (:class:`~.plan.EvalSettings`). metrics: column names (default: :func:`~.plan.resolve_metrics`).
+    runtime: features are extracted once per net with all its layers (:func:`~.nets.extract_features`,
+    ``batch_size`` images at a time, on ``device``, under autocast to ``dtype`` on CUDA; CPU always
+    float32; default CPU, float32, 32); correlations are float64. nsd_ids only name images in errors.
+    """
+    runtime = runtime or Runtime("cpu", "float32", 32)
+    convention, nway_net, nway_trials, seed = settings.convention, settings.nway_net, settings.nway_trials, settings.seed
+    batch_size, device, dtype = runtime.batch_size, runtime.device, runtime.dtype
+    gt, recon, _, metrics, specs = check_eval_inputs(gt, recon, nets, metrics, convention, nway_net)
+    n, s = recon.shape[:2]
+    dev = _resolve_device(device)
+    bank = ScoreBank(metrics, n, s, convention, nway_net, nway_trials, seed)
+
+    pix = [sp.column for sp in specs if sp.kind in ("pixcorr", "ssim")]
+    if pix:
+        bank.pixel = _pixel_scores(gt, recon, pix, batch_size, dev, names=nsd_ids)
+
+    flat = recon.reshape(n * s, *recon.shape[2:])
     for net_name in NET_NAMES:
         net_specs = [sp for sp in specs if sp.net == net_name]
         if not net_specs:
             continue
         layers = list(dict.fromkeys(sp.layer for sp in net_specs))
         model = nets[net_name]
-        gt_f = extract_features(net_name, model, gt, layers, convention, batch_size, device)
-        rec_f = extract_features(net_name, model, flat_recon, layers, convention, batch_size, device)
-        for sp in net_specs:
-            g = gt_f[sp.layer]
-            r = rec_f[sp.layer].reshape(n, s, -1)
-            if sp.kind == "two_way":
-                v = np.mean([two_way_identification(g, r[:, k], device=device) for k in range(s)])
-            elif sp.kind == "corr_dist":
-                v = correlation_distance(g, r, device=device)
-            elif sp.kind == "takagi":
-                v = identification_over_samples(g, r, device=device)
-            elif sp.kind == "nway":
-                nway_n = int(_NWAY_RE.match(sp.column).group(1))
-                v = np.mean([nway_top1(g, r[:, k], n=nway_n, trials=nway_trials, seed=seed) for k in range(s)])
-            else:  # pragma: no cover - specs are built above
-                raise AssertionError(sp.kind)
-            values[sp.column] = float(v)
+        with _autocast(dev, dtype):
+            gt_f = extract_features(net_name, model, gt, layers, convention, batch_size, dev)
+            rec_f = extract_features(net_name, model, flat, layers, convention, batch_size, dev)
+        for layer in layers:
+            kinds = {sp.kind for sp in net_specs if sp.layer == layer}
+            if kinds - {"nway"}:
+                c = corr_matrix(gt_f[layer], rec_f[layer], dev, a_name=f"gt {net_name}.{layer}",
+                                b_name=f"recon {net_name}.{layer}")
+                bank.corr[(net_name, layer)] = c.numpy().reshape(n, n, s)
+            if "nway" in kinds:
+                bank.logits[(net_name, layer)] = (gt_f[layer], rec_f[layer].reshape(n, s, -1))
         del gt_f, rec_f
-
-    out: dict = {"convention": convention, "n_images": int(n), "n_samples": int(s)}
-    out.update({m: values[m] for m in metrics})
-    return out
+        model.to("cpu")
+    return bank
 
 
 def _column_order(columns) -> list[str]:
     fixed = list(META_COLUMNS) + list(METRICS)
-    nway = sorted((c for c in columns if _NWAY_RE.match(str(c))), key=lambda c: int(_NWAY_RE.match(c).group(1)))
+    nway = sorted((c for c in columns if NWAY_RE.match(str(c))), key=lambda c: int(NWAY_RE.match(c).group(1)))
     ids = [c for c in columns if c not in fixed and c not in nway]
     return ids + [c for c in fixed if c in columns] + nway
 
@@ -255,3 +292,6 @@ def write_metrics_csv(path, rows) -> None:
     table = metrics_table(rows)
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
+
+
+__all__ = ["check_eval_inputs", "ScoreBank", "compute_scores", "metrics_table", "write_metrics_csv"]

@@ -235,7 +235,7 @@ def space_options(name: str, config: Mapping) -> dict:
 
 def default_options(name: str) -> dict:
     """:func:`space_options` with the schema's defaults (for library use outside the workflow)."""
-    from ..config import defaults
+    from ..schema import defaults
 
     return space_options(name, {"features": defaults("features"), "encoding": defaults("encoding")})
 

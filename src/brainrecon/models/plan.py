@@ -49,8 +49,7 @@ def check_role(role: str) -> str:
 
 def model_dir(models: Mapping, role: str) -> str:
     """Folder of a role for the config's ``models`` section: fetched real weights (``root``) or the
-    tiny random-weight stand-in (``tiny_root``)."""
-    check_role(role)
+    tiny random-weight stand-in (``tiny_root``). ``role`` may be a wildcard (``"{role}"``)."""
     root = models["root"] if models["source"] == "pretrained" else models["tiny_root"]
     return f"{root}/{role}"
 

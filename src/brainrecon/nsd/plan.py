@@ -8,7 +8,8 @@ fills them with ``.format(...)``.
 
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 from . import layout
 
@@ -17,7 +18,42 @@ PREPARED = "results/prepared/{voxels}/subj{subject}.h5"
 #: stimulus index (nsdId, imgBrick row, cocoId, split, repetitions) and COCO captions of one subject
 STIMULI = "results/prepared/stimuli/subj{subject}.csv"
 CAPTIONS = "results/prepared/stimuli/subj{subject}_captions.csv"
+#: what the synthetic NSD planted, written next to its raw tree (brainrecon.synth)
+PLANTED_FILE = "synthetic_planted.json"
 VOXEL_SETS = ("nsdgeneral", "brainmask")
+
+
+NORMALISATIONS = ("train_zscore", "session_zscore", "none")
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """How one subject's betas are prepared (the ``prepare`` config section, the voxel set, the sessions).
+
+    voxels: ``nsdgeneral`` (nsdgeneral > 0) or ``brainmask`` (brainmask > 0); scale: raw betas are
+    divided by it (300 -> percent signal change); normalise: ``train_zscore``, ``session_zscore`` or
+    ``none``; sessions: int N (sessions 1..N) or a list, ``None`` = one per betas file given.
+    """
+
+    voxels: str
+    scale: float
+    normalise: str
+    sessions: int | Sequence[int] | None
+
+    def __post_init__(self):
+        if self.voxels not in VOXEL_SETS:
+            raise ValueError(f"voxels must be one of {VOXEL_SETS}, got {self.voxels!r}")
+        if self.normalise not in NORMALISATIONS:
+            raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {self.normalise!r}")
+
+    @classmethod
+    def build(cls, voxels: str | None = None, sessions=None, **values) -> "PrepareSettings":
+        """From some ``prepare`` keys, the rest the schema's defaults (voxels: the first default voxel set)."""
+        from ..schema import section_settings
+
+        prep = section_settings("prepare", values)
+        return cls(voxels=voxels or prep["voxel_sets"][0], scale=float(prep["scale"]), normalise=prep["normalise"],
+                   sessions=sessions)
 
 
 def subjects(config: Mapping) -> list[str]:
@@ -85,6 +121,6 @@ def prepare_targets(config: Mapping) -> list[str]:
             + [STIMULI.format(subject=s) for s in subs])
 
 
-__all__ = ["PREPARED", "STIMULI", "CAPTIONS", "VOXEL_SETS", "subjects", "sessions", "nsd_path",
+__all__ = ["PREPARED", "STIMULI", "CAPTIONS", "PLANTED_FILE", "VOXEL_SETS", "NORMALISATIONS", "PrepareSettings", "subjects", "sessions", "nsd_path",
            "coco_caption_paths", "brick", "raw_files", "raw_targets", "synth_extra_files", "subject_raw_inputs",
            "prepare_targets"]

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,7 @@ import pandas as pd
 
 from ..io import atomic_path
 from . import layout
-from .plan import VOXEL_SETS
+from .plan import PrepareSettings
 from .readers import (
     DEFAULT_BLOCK_BYTES,
     NSDFileError,
@@ -73,7 +73,6 @@ from .trials import normalise_sessions, split_images, trial_table, trials_per_se
 
 log = logging.getLogger(__name__)
 
-NORMALISATIONS = ("train_zscore", "session_zscore", "none")
 
 
 def _as_named(paths, what: str) -> dict[str, Path]:
@@ -112,39 +111,18 @@ def _averaging_matrix(row_image: np.ndarray, n_images: int):
     return sp.csr_matrix((w, (row_image, np.arange(n_rows))), shape=(n_images, n_rows), dtype=np.float32)
 
 
-def prepare_subject(
-    expdesign_path,
-    betas_paths: Sequence,
-    roi_paths,
-    ctab_paths,
-    brainmask_path,
-    out_h5,
-    subject: int | str,
-    voxels: str = "nsdgeneral",
-    scale: float = 300.0,
-    normalise: str = "train_zscore",
-    sessions=None,
-    progress: bool = True,
-    block_bytes: int = DEFAULT_BLOCK_BYTES,
-    mem_block_mb: float = 256.0,
-) -> Path:
+def prepare_subject(files: Mapping, out_h5, subject: int | str, settings: PrepareSettings, *, progress: bool = True,
+                    block_bytes: int = DEFAULT_BLOCK_BYTES, mem_block_mb: float = 256.0) -> Path:
     """Prepare one subject's betas; write ``out_h5`` atomically (see module docstring).
 
-    Parameters
-    ----------
-    expdesign_path : ``nsd_expdesign.mat``.
-    betas_paths : one betas file per session, ordered by session (``.nii.gz`` (X,Y,Z,T)
-        or ``.hdf5`` ``/betas`` (T,Z,Y,X), int16 = psc × 300).
-    roi_paths, ctab_paths : ``{roi name: path}`` or lists in ``layout.ROI_NAMES`` order.
-        Every ROI gets a ``rois/<name>`` label vector; ctabs give the label names.
-    brainmask_path : ``brainmask.nii.gz`` (used when ``voxels="brainmask"``; may be None
-        otherwise).
-    subject : 1..8.
-    voxels : ``"nsdgeneral"`` (nsdgeneral > 0) or ``"brainmask"`` (brainmask > 0).
-    scale : raw betas are divided by it (300 -> percent signal change).
-    normalise : ``"train_zscore"``, ``"session_zscore"`` or ``"none"``.
-    sessions : int N (sessions 1..N) or list of session numbers; default
-        ``1..len(betas_paths)``. Must match ``betas_paths`` in length.
+    files: the raw files (:func:`brainrecon.nsd.plan.subject_raw_inputs`, the rule's inputs):
+        ``expdesign`` (``nsd_expdesign.mat``); ``betas``, one file per session ordered by session
+        (``.nii.gz`` (X,Y,Z,T) or ``.hdf5`` ``/betas`` (T,Z,Y,X), int16 = psc × 300); ``rois``, ``ctabs``:
+        ``{roi name: path}`` or lists in ``layout.ROI_NAMES`` order (every ROI gets a ``rois/<name>`` label
+        vector; ctabs give the label names); ``brainmask`` (``brainmask.nii.gz``; needed for
+        ``voxels="brainmask"``).
+    subject : 1..8. settings: the voxel set, scale, normalisation and sessions
+        (:class:`brainrecon.nsd.plan.PrepareSettings`; sessions must match the betas files in number).
     block_bytes : raw bytes of betas read per block of trials.
     mem_block_mb : budget for the voxel-block averaging/normalisation pass.
 
@@ -152,13 +130,12 @@ def prepare_subject(
     equal each betas file's trial axis; otherwise NSDFileError names the file. Nothing
     is left at ``out_h5`` on any error.
     """
+    expdesign_path, betas_paths = files["expdesign"], files["betas"]
+    roi_paths, ctab_paths, brainmask_path = files["rois"], files["ctabs"], files.get("brainmask")
+    voxels, scale, normalise, sessions = settings.voxels, settings.scale, settings.normalise, settings.sessions
     import h5py
     from tqdm.auto import tqdm
 
-    if voxels not in VOXEL_SETS:
-        raise ValueError(f"voxels must be one of {VOXEL_SETS}, got {voxels!r}")
-    if normalise not in NORMALISATIONS:
-        raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}")
     scale = float(scale)
     if not np.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a positive number, got {scale!r}")

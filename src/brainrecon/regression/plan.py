@@ -51,7 +51,7 @@ class SpaceFit:
     @classmethod
     def build(cls, **values) -> "SpaceFit":
         """From some settings, the rest the schema's defaults (library use outside the workflow)."""
-        from ..config import section_settings
+        from ..schema import section_settings
 
         stage = section_settings("regression", {k: values.pop(k) for k in STAGE_KEYS if k in values})
         entry = section_settings("regression.spaces.*", values)

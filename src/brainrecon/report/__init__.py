@@ -6,10 +6,10 @@
 * :mod:`.figures` - reconstruction grids (Brain-Diffuser Fig. 3 / Fig. 6, Takagi samples) and
   a bar chart of the metrics;
 * :mod:`.paper` - the numbers the papers report;
-* :mod:`.targets` - what the evaluate / report rules produce for a config (no torch: the
-  Snakefile imports it while parsing).
+* :mod:`.plan` - which tables and figures a config asks for (no torch: the Snakefile imports it
+  while parsing).
 
-Names are imported lazily, so ``import brainrecon.report.targets`` stays cheap.
+Names are imported lazily, so ``import brainrecon.report.plan`` stays cheap.
 """
 
 import importlib
@@ -34,10 +34,8 @@ _EXPORTS = {
     "summary_rows": "tables",
     "subject_rows": "tables",
     "write_table": "tables",
-    "method_plan": "targets",
-    "figure_plan": "targets",
-    "table_files": "targets",
-    "evaluation_files": "targets",
+    "figure_plan": "plan",
+    "table_files": "plan",
 }
 
 __all__ = sorted(_EXPORTS)

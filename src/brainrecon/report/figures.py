@@ -160,7 +160,7 @@ def fig_metric_bars(eval_csvs, out_png, metrics=None, method_order=None, variant
     """Bar chart: one panel per metric, one bar per method/variant = mean over the numeric subjects,
     error bar = s.d. over subjects (none with one subject); subject-average rows are not used.
     Returns ``{"panels", "bars", "labels", "size_px"}``."""
-    from ..evaluate.suite import BRAINDIFFUSER_COLUMNS, metric_spec
+    from ..evaluate.plan import BRAINDIFFUSER_COLUMNS, metric_spec
     from .tables import METHOD_LABELS, read_eval_csvs, summary_rows
 
     df = read_eval_csvs(eval_csvs)

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..evaluate.suite import BRAINDIFFUSER_COLUMNS, METRICS, TAKAGI_COLUMNS, metric_spec
+from ..evaluate.plan import BRAINDIFFUSER_COLUMNS, METRICS, TAKAGI_COLUMNS, metric_spec
 from ..io import write_text_atomic, atomic_path
 from .paper import PaperRow, paper_rows
-from .targets import METHOD_LABELS, TABLE_TITLES, VARIANT_LABELS
+from .plan import METHOD_LABELS, TABLE_TITLES, VARIANT_LABELS
 
 __all__ = [
     "TABLES",

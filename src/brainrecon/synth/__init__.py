@@ -2,9 +2,8 @@
 
 Public API::
 
-    generate(root, coco_root, subjects=(1, 2, 5, 7), sessions=2, n_images=40, n_shared=8,
-             n_reps=3, snr=2.0, noise_fraction=0.2, image_size=425, seed=0, shapes=None,
-             progress=True) -> dict
+    generate(root, coco_root, SynthSettings.build(subjects=(1, 2, 5, 7), sessions=2, **synth_keys),
+             shapes=None, progress=True) -> dict
     DEFAULT_SHAPES                      # subject -> (X, Y, Z) func1pt8mm shape
     load_planted(root) -> dict          # parsed <root>/synthetic_planted.json
     planted_drive(root, subject) -> (ijk (V, 3), group (V,), nsd_ids (N,), drive (N, V) psc)
@@ -13,8 +12,8 @@ See :mod:`brainrecon.synth.planted` for the exact signal model and
 :mod:`brainrecon.synth.design` / :mod:`brainrecon.synth.volumes` for the design and geometry.
 """
 
-from .generate import DEFAULT_SHAPES, generate
+from .generate import DEFAULT_SHAPES, SynthSettings, generate
 from .images import CATEGORIES
 from .planted import PLANTED_FILE, load_planted, planted_drive
 
-__all__ = ["generate", "DEFAULT_SHAPES", "load_planted", "planted_drive", "CATEGORIES", "PLANTED_FILE"]
+__all__ = ["generate", "SynthSettings", "DEFAULT_SHAPES", "load_planted", "planted_drive", "CATEGORIES", "PLANTED_FILE"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import json
 import logging
 import math
@@ -104,34 +106,52 @@ def _check_inputs(subjects, snr, noise_fraction, image_size, seed, shapes):
     return subs, out
 
 
-def generate(
-    root,
-    coco_root,
-    subjects=(1, 2, 5, 7),
-    sessions: int = 2,
-    n_images: int = 40,
-    n_shared: int = 8,
-    n_reps: int = 3,
-    snr: float = 2.0,
-    noise_fraction: float = 0.2,
-    image_size: int = 425,
-    seed: int = 0,
-    shapes: dict | None = None,
-    progress: bool = True,
-) -> dict:
+@dataclass(frozen=True)
+class SynthSettings:
+    """What the synthetic NSD looks like (the ``synth`` config section, with ``nsd.subjects`` / ``sessions``).
+
+    Each subject sees ``n_images`` 10k-images (the first ``n_shared`` shared by all subjects: the test set),
+    each ``n_reps`` times, over ``sessions`` sessions; stimuli are ``image_size``² RGB scenes; betas carry the
+    planted drive plus noise at ``snr``, a ``noise_fraction`` of voxels pure noise; deterministic in ``seed``.
+    """
+
+    subjects: tuple[int, ...]
+    sessions: int
+    n_images: int
+    n_shared: int
+    n_reps: int
+    snr: float
+    noise_fraction: float
+    image_size: int
+    seed: int
+
+    @classmethod
+    def build(cls, *, subjects, sessions, **values) -> "SynthSettings":
+        """From the subjects, sessions and some ``synth`` keys, the rest the schema's defaults."""
+        from ..schema import section_settings
+
+        return cls(subjects=tuple(int(x) for x in subjects), sessions=int(sessions),
+                   **section_settings("synth", values))
+
+
+def generate(root, coco_root, settings: SynthSettings, *, shapes: dict | None = None, progress: bool = True) -> dict:
     """Write a synthetic NSD under ``root`` (bucket keys of :mod:`brainrecon.nsd.layout`) and
     COCO-schema captions under ``coco_root``; record the planted signal in
     ``<root>/synthetic_planted.json``.
 
-    Each subject sees ``n_images`` 10k-images (the first ``n_shared`` shared by all subjects), each
-    ``n_reps`` times, over ``sessions`` sessions of ``n_images * n_reps / sessions`` trials (must be
-    an integer). Stimuli are ``image_size``² RGB scenes. Betas = int16(rint(300 · psc)) with
-    psc = planted drive + N(0, (1/snr)^2) (see :mod:`brainrecon.synth.planted`). ``shapes`` maps
-    subject -> (X, Y, Z) volume shape (default :data:`DEFAULT_SHAPES`). Deterministic in ``seed``.
+    settings (:class:`SynthSettings`): each subject sees ``n_images`` 10k-images (the first ``n_shared``
+    shared by all subjects), each ``n_reps`` times, over ``sessions`` sessions of
+    ``n_images * n_reps / sessions`` trials (must be an integer). Stimuli are ``image_size``² RGB scenes.
+    Betas = int16(rint(300 · psc)) with psc = planted drive + N(0, (1/snr)^2) (see
+    :mod:`brainrecon.synth.planted`). ``shapes`` maps subject -> (X, Y, Z) volume shape (default
+    :data:`DEFAULT_SHAPES`). Deterministic in ``seed``.
 
     Returns a summary dict (root, coco_root, subjects, sessions, trials_per_session, n_stimuli,
     shapes, voxel counts per subject and group, written files, seconds).
     """
+    subjects, sessions, n_images, n_shared = settings.subjects, settings.sessions, settings.n_images, settings.n_shared
+    n_reps, snr, noise_fraction = settings.n_reps, settings.snr, settings.noise_fraction
+    image_size, seed = settings.image_size, settings.seed
     t_start = time.time()
     subs, shp = _check_inputs(subjects, snr, noise_fraction, image_size, seed, shapes)
     tps = dz.check_settings(n_images, n_shared, n_reps, sessions)

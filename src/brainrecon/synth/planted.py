@@ -34,13 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..nsd.plan import PLANTED_FILE
 from .images import CATEGORIES, LOWLEVEL_GRID
 
 #: std (psc) of the stimulus-driven drive of early and ventral voxels across the subject's images
 AMPLITUDE = 1.0
 #: total weight of the (low, sem) mix of "weak" voxels
 WEAK_AMPLITUDE = 0.3
-PLANTED_FILE = "synthetic_planted.json"
 GROUPS = ("early", "ventral", "noise")
 _LUMINANCE = np.array([0.299, 0.587, 0.114])
 

@@ -336,52 +336,55 @@ def output_attrs(variant: str, subject, settings: Settings, rec: Reconstruction)
     }
 
 
-def reconstruct_to_files(variant: str, keys: Sequence, subject, settings: Settings, out_h5, png_dir, *,
-                         models: Mapping, inputs: Mapping, key_name: str = "nsd_ids", attrs: Mapping | None = None,
-                         progress: bool = True) -> dict:
-    """:func:`reconstruct`, streaming every batch into ``out_h5`` and ``png_dir`` atomically
-    (:func:`~brainrecon.reconstruct.run.write_reconstruction`). ``key_name``: ``"nsd_ids"`` (int keys)
-    or ``"rois"`` (names). ``attrs``: extra HDF5 attributes (input files, device, ...). Returns a summary."""
+def reconstruct_to_files(variant: str, keys: Sequence, subject, settings: Settings, outputs: Mapping, *,
+                         models: Mapping, inputs: Mapping, attrs: Mapping | None = None, progress: bool = True) -> dict:
+    """:func:`reconstruct`, streaming every batch into ``outputs["h5"]`` (images.h5) and ``outputs["png"]``
+    atomically (:func:`~brainrecon.reconstruct.run.write_reconstruction`). Keys are nsdIds (ints, written
+    as ``nsd_ids``) or ROI names (strings, written as ``rois``). ``attrs``: extra HDF5 attributes (input
+    files, device, ...). Returns a summary."""
     spec = variant_spec(variant, settings.text_weight)
+    key_name = "rois" if keys and all(isinstance(k, str) for k in keys) else "nsd_ids"
     rec = write_reconstruction(
-        out_h5, png_dir, keys, layout(spec, settings, models.get("vdvae")),
+        outputs["h5"], outputs["png"], keys, layout(spec, settings, models.get("vdvae")),
         lambda sink: reconstruct(variant, keys, subject, settings, models=models, inputs=inputs, sink=sink,
                                  keep=False, progress=progress),
         key_name=key_name, attrs=lambda rec: {**output_attrs(variant, subject, settings, rec), **dict(attrs or {})},
     )
-    log.info("wrote %d %s images (%d denoising steps) to %s and %s", len(rec.keys), variant, rec.num_steps, out_h5,
-             png_dir)
+    log.info("wrote %d %s images (%d denoising steps) to %s and %s", len(rec.keys), variant, rec.num_steps,
+             outputs["h5"], outputs["png"])
     return {"n": len(rec.keys), "num_denoising_steps": rec.num_steps, "timesteps": rec.timesteps}
 
 
-def reconstruct_subject(variant: str, subject, regression: Mapping[str, str], out_h5, png_dir, *,
-                        settings: Settings, models: Mapping[str, str], prediction_keys: Mapping[str, str],
-                        device: str = "auto", dtype: str = "float16", progress: bool = True) -> dict:
+def reconstruct_subject(variant: str, subject, inputs: Mapping, outputs: Mapping, *, settings: Settings,
+                        prediction_keys: Mapping[str, str], device: str, dtype: str, progress: bool = True) -> dict:
     """The rule's job: one variant for one subject ("01".. or "avg") from the regression outputs.
 
-    regression: ``{space: results/regression/<space>/subj<XX>.h5}`` for (at least) the spaces the
-    variant needs, read at ``prediction_keys[space]``; every file must list the same test nsdIds in the
-    same order. models: ``{"vdvae": folder, "vd": folder}`` (what the variant needs). device, dtype:
-    ``models.device`` / the VD models' dtype (VDVAE always runs float32; CPU always float32).
+    inputs: the rule's inputs (:func:`~.plan.inputs`) — ``{space: results/regression/<space>/subj<XX>.h5}``
+    for (at least) the spaces the variant needs, read at ``prediction_keys[space]`` (every file must list
+    the same test nsdIds), and the model folders ``vdvae_model`` / ``vd_model`` it needs. outputs: ``h5``
+    and ``png``. device, dtype: ``models.device`` / the VD models' dtype (VDVAE always runs float32; CPU
+    always float32).
     """
     spec = variant_spec(variant, settings.text_weight)
-    missing = [sp for sp in spec.needs if sp not in regression]
+    missing = [sp for sp in spec.needs if sp not in inputs]
     if missing:
         raise ValueError(f"variant {variant!r} needs regression outputs for {missing}")
-    folders = {"vdvae": models.get("vdvae") if spec.needs_vdvae_model else None,
-               "vd": models.get("vd") if spec.needs_vd_model else None}
+    regression = {sp: inputs[sp] for sp in spec.needs}
+    models = {"vdvae": inputs.get("vdvae_model"), "vd": inputs.get("vd_model")}
+    folders = {"vdvae": models["vdvae"] if spec.needs_vdvae_model else None,
+               "vd": models["vd"] if spec.needs_vd_model else None}
     if spec.needs_vdvae_model and folders["vdvae"] is None:
         raise ValueError(f"variant {variant!r} needs the VDVAE model folder")
     if spec.needs_vd_model and folders["vd"] is None:
         raise ValueError(f"variant {variant!r} needs the Versatile Diffusion model folder")
     with contextlib.ExitStack() as stack:
-        ids, preds, used = open_predictions(stack, {sp: regression[sp] for sp in spec.needs}, prediction_keys)
+        ids, preds, used = open_predictions(stack, regression, prediction_keys)
         loaded, dev, dt = load_components(folders, device, dtype, float32=("vdvae",))
         log.info("models on %s, %s", dev, dt)
-        inputs = {sp: (p.flat() if sp == "vdvae" else p) for sp, p in preds.items()}
+        preds_in = {sp: (p.flat() if sp == "vdvae" else p) for sp, p in preds.items()}
         components = {"vdvae": loaded["vdvae"].model if "vdvae" in loaded else None, "vd": loaded.get("vd")}
         return reconstruct_to_files(
-            variant, ids.tolist(), subject, settings, out_h5, png_dir, models=components, inputs=inputs,
+            variant, ids.tolist(), subject, settings, outputs, models=components, inputs=preds_in,
             progress=progress,
             attrs={"inputs": json.dumps(used), "device": dev, "dtype": dt,
                    "vdvae_model": str(models.get("vdvae")), "vd_model": str(models.get("vd"))},

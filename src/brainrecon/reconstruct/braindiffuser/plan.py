@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from ...config import build_settings
+from ...schema import build_settings
 from ...features.plan import FEATURES
 from ...models.plan import compute_dtype, model_dir
 from ...nsd.plan import subjects as nsd_subjects

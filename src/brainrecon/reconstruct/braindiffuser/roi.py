@@ -76,15 +76,16 @@ def renormalise(pred, target_norm: float) -> np.ndarray:
     return (flat * (float(target_norm) / norms)).reshape(p.shape).astype(np.float32)
 
 
-def reconstruct_rois(subject, roi_names: Sequence[str], inputs: Mapping, out_h5, png_dir, *, settings: Settings,
-                     device: str = "auto", dtype: str = "float16", progress: bool = True) -> dict:
+def reconstruct_rois(subject, roi_names: Sequence[str], inputs: Mapping, outputs: Mapping, *, settings: Settings,
+                     device: str, dtype: str, progress: bool = True) -> dict:
     """ROI-optimal images of one subject ("avg": the subject-average predictions).
 
     inputs: the rule's inputs — ``{space: regression file}`` with ``extra/roi_<name>`` (1, *shape) for the
     three spaces, ``features_<space>``: the features files whose ``train/features`` rows give the target
     norm (the subject's own, or every subject's for "avg"), ``vdvae_model`` and ``vd_model`` folders.
     Each ROI's three predictions are renormalised to that norm (:func:`renormalise`) and reconstructed
-    with the ``full`` variant. Output: like :func:`~.pipeline.reconstruct_to_files` with ``rois`` names.
+    with the ``full`` variant. outputs: ``h5``, ``png`` — like :func:`~.pipeline.reconstruct_to_files`,
+    with ``rois`` names.
     """
     names = list(roi_names)
     if not names:
@@ -115,7 +116,7 @@ def reconstruct_rois(subject, roi_names: Sequence[str], inputs: Mapping, out_h5,
     models = {"vdvae": loaded["vdvae"].model, "vd": loaded["vd"]}
     flat_vdvae = preds["vdvae"].reshape(len(names), -1)
     return reconstruct_to_files(
-        "full", names, subject, settings, out_h5, png_dir, key_name="rois", models=models,
+        "full", names, subject, settings, outputs, models=models,
         inputs={"vdvae": flat_vdvae, "clipvision": preds["clipvision"], "cliptext": preds["cliptext"]},
         progress=progress,
         attrs={"roi_optimal": True, "target_norms": json.dumps(norms),

@@ -189,20 +189,28 @@ def read_depth(path, nsd_ids) -> np.ndarray:
         return f["depth"][:][rows]
 
 
-def captions_subject(regression_blip, out_csv, *, blip_dir, settings: CaptionSettings, prediction_key: str,
-                     device="auto", dtype="float16", progress=True) -> dict:
-    """+T first step for one subject: predicted BLIP tokens → captions CSV (nsdId, caption, n_tokens)."""
-    parts = load_components({"blip": blip_dir}, device, dtype)[0]["blip"]
+def captions_subject(inputs: Mapping, out_csv, *, settings: CaptionSettings, prediction_key: str, device: str,
+                     dtype: str, progress=True) -> dict:
+    """+T first step for one subject: predicted BLIP tokens → captions CSV (nsdId, caption, n_tokens).
+
+    inputs: ``blip`` (the regression output of the blip space), ``blip_model`` (the role's folder)."""
+    regression_blip = inputs["blip"]
+    parts = load_components({"blip": inputs["blip_model"]}, device, dtype)[0]["blip"]
     with Predictions(regression_blip, prediction_key) as pred:
         caps, lengths = decode_captions(parts, pred, settings, progress=progress)
         write_captions_csv(out_csv, pred.nsd_ids, caps, lengths)
         return dict(n=len(caps), out=str(out_csv), mean_tokens=float(np.mean(lengths)))
 
 
-def depth_subject(regression_dpt, out_h5, png_dir, *, dpt_dir, sd2_dir, image_size: int, prediction_key: str,
-                  batch_size: int = 16, device="auto", dtype="float16", progress=True) -> dict:
+def depth_subject(inputs: Mapping, outputs: Mapping, *, image_size: int, prediction_key: str, device: str, dtype: str,
+                  batch_size: int = 16, progress=True) -> dict:
     """+D first step for one subject: predicted DPT hidden states → depth maps at the SD2-depth latent
-    size for ``image_size`` (``image_size / vae factor``; 64 at 512 px)."""
+    size for ``image_size`` (``image_size / vae factor``; 64 at 512 px).
+
+    inputs: ``dpt`` (the regression output of the dpt space), ``dpt_model``, ``sd2_model`` (folders);
+    outputs: ``h5`` (depth maps) and ``png`` (one greyscale PNG per image)."""
+    regression_dpt, dpt_dir, sd2_dir = inputs["dpt"], inputs["dpt_model"], inputs["sd2_model"]
+    out_h5, png_dir = outputs["h5"], outputs["png"]
     dpt = load_components({"dpt": dpt_dir}, device, dtype)[0]["dpt"].model
     vae_cfg = json.loads((Path(sd2_dir) / "vae" / "config.json").read_text())
     factor = 2 ** (len(vae_cfg["block_out_channels"]) - 1)

@@ -299,10 +299,10 @@ def output_attrs(variant: str, subject, settings: Settings, rec: Reconstruction)
                 seed_rule="derive_seed(seed, subject, nsdId, sample)")
 
 
-def reconstruct_to_files(variant: str, nsd_ids: Sequence[int], subject, settings: Settings, out_h5, png_dir, *,
+def reconstruct_to_files(variant: str, nsd_ids: Sequence[int], subject, settings: Settings, outputs: Mapping, *,
                          models: Mapping, inputs: Mapping, attrs: Mapping | None = None,
                          progress: bool = True) -> dict:
-    """:func:`reconstruct`, streaming every chunk into ``out_h5`` and ``png_dir`` (both atomic).
+    """:func:`reconstruct`, streaming every chunk into ``outputs["h5"]`` and ``outputs["png"]`` (both atomic).
 
     ``images.h5``: ``images`` (n, n_samples, S, S, 3) uint8, ``nsd_ids``, ``seeds`` (n, n_samples),
     ``stage1`` (variants using z), ``captions`` (t, td), ``depth`` (td); attrs: settings, variant,
@@ -311,43 +311,45 @@ def reconstruct_to_files(variant: str, nsd_ids: Sequence[int], subject, settings
     spec = variant_spec(variant)
     ids = np.asarray(list(nsd_ids), dtype=np.int64)
     rec = write_reconstruction(
-        out_h5, png_dir, ids.tolist(), layout(spec, settings),
+        outputs["h5"], outputs["png"], ids.tolist(), layout(spec, settings),
         lambda sink: reconstruct(variant, ids, subject, settings, models=models, inputs=inputs, sink=sink,
                                  keep=False, progress=progress),
         attrs=lambda rec: {**output_attrs(variant, subject, settings, rec), **dict(attrs or {})},
     )
     summary = dict(variant=variant, subject=str(subject), n_images=int(ids.size), n_samples=settings.n_samples,
-                   num_steps=rec.num_steps, out=str(out_h5))
+                   num_steps=rec.num_steps, out=str(outputs["h5"]))
     log.info("takagi %s subject %s: %s", variant, subject, summary)
     return summary
 
 
-def reconstruct_subject(variant: str, subject, regression: Mapping[str, str], out_h5, png_dir, *, settings: Settings,
-                        models: Mapping[str, str], decoded: Mapping[str, str] | None = None,
-                        prediction_keys: Mapping[str, str], device="auto", dtype="float16",
-                        progress: bool = True) -> dict:
-    """The workflow entry: read the inputs a variant needs, load models, write ``out_h5`` + ``png_dir``.
+def reconstruct_subject(variant: str, subject, inputs: Mapping, outputs: Mapping, *, settings: Settings,
+                        prediction_keys: Mapping[str, str], device: str, dtype: str, progress: bool = True) -> dict:
+    """The workflow entry: read the inputs a variant needs, load models, write ``outputs`` (``h5``, ``png``).
 
-    regression: ``{space: path}`` for the spaces the variant needs (``sdz``, ``sdc``), read at
-    ``prediction_keys[space]`` (``pred`` / ``pred_restd``); every file must list the same test nsdIds.
-    models: ``{"sd": folder, "sd2_depth": folder (td)}``. decoded: ``captions`` (t, td; from
-    :func:`~.decoded.write_captions_csv`) and ``depth`` (td; from :func:`~.decoded.write_depth`), read for
-    the images of the regression files.
+    inputs: the rule's inputs (:func:`~.plan.inputs`) — ``{space: path}`` for the spaces the variant needs
+    (``sdz``, ``sdc``), read at ``prediction_keys[space]`` (``pred`` / ``pred_restd``; every file must list
+    the same test nsdIds); ``captions`` (t, td; from :func:`~.decoded.write_captions_csv`) and ``depth``
+    (td; from :func:`~.decoded.write_depth`), read for the images of the regression files; the model
+    folders ``sd_model`` and ``sd2_model`` (td).
     """
     spec = variant_spec(variant)
-    decoded = dict(decoded or {})
-    missing = [s for s in spec.spaces if s not in regression]
+    missing = [s for s in spec.spaces if s not in inputs]
     if missing:
         raise ValueError(f"variant {variant!r} needs regression outputs for {missing}")
-    if spec.depth and models.get("sd2_depth") is None:
+    regression = {s: inputs[s] for s in spec.spaces}
+    decoded = {k: inputs.get(k) for k in ("captions", "depth")}
+    models = {"sd": inputs.get("sd_model"), "sd2_depth": inputs.get("sd2_model")}
+    if models["sd"] is None:
+        raise ValueError(f"variant {variant!r} needs the sd model folder")
+    if spec.depth and models["sd2_depth"] is None:
         raise ValueError(f"variant {variant!r} needs the sd2_depth model folder")
     with contextlib.ExitStack() as stack:
-        ids, preds, used = open_predictions(stack, {s: regression[s] for s in spec.spaces}, prediction_keys)
-        inputs = dict(preds)
+        ids, preds, used = open_predictions(stack, regression, prediction_keys)
+        data = dict(preds)
         if "captions" in spec.needs:
-            inputs["captions"] = read_captions_csv(decoded["captions"], ids)
+            data["captions"] = read_captions_csv(decoded["captions"], ids)
         if spec.depth:
-            inputs["depth"] = read_depth(decoded["depth"], ids)
+            data["depth"] = read_depth(decoded["depth"], ids)
         loaded, dev, dt = load_components({"sd": models["sd"], "sd2_depth": models.get("sd2_depth") if spec.depth
                                            else None}, device, dtype)
         if "sdz" in preds:
@@ -356,7 +358,7 @@ def reconstruct_subject(variant: str, subject, regression: Mapping[str, str], ou
             if len(zshape) != 3 or zshape[0] != lat:
                 raise ValueError(f"{regression['sdz']}: predicted z has shape {zshape}, expected ({lat}, h, w)")
         return reconstruct_to_files(
-            variant, ids, subject, settings, out_h5, png_dir, models=loaded, inputs=inputs, progress=progress,
+            variant, ids, subject, settings, outputs, models=loaded, inputs=data, progress=progress,
             attrs=dict(inputs={**{s: str(regression[s]) for s in spec.spaces},
                                "captions": str(decoded.get("captions") or ""), "depth": str(decoded.get("depth") or "")},
                        prediction_keys={s: prediction_keys[s] for s in spec.spaces}, device=dev, dtype=dt),

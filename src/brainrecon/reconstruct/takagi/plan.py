@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
-from ...config import build_settings
+from ...schema import build_settings
 from ...models.plan import model_dir
 from ...nsd.plan import subjects as nsd_subjects
 from ...regression.plan import regression_file
