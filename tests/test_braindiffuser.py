@@ -466,9 +466,9 @@ configfile: "config.yaml"
 include: "{repo}/workflow/rules/common.smk"
 wildcard_constraints:
     subject=r"\\d\\d",
-include: "{repo}/workflow/rules/reconstruct.smk"
+include: "{repo}/workflow/rules/braindiffuser.smk"
 rule all:
-    input: braindiffuser_targets()
+    input: braindiffuser_plan.targets(config)
 """
 
 

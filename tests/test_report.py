@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from brainrecon.evaluate.suite import BRAINDIFFUSER_COLUMNS, TAKAGI_COLUMNS
+from brainrecon.evaluate.plan import BRAINDIFFUSER_COLUMNS, TAKAGI_COLUMNS, evaluation_files
 from brainrecon.report.figures import fig_metric_bars, fig_samples, fig_subjects, fig_variants, select_images
 from brainrecon.report.tables import build_table, read_eval_csvs, write_table
-from brainrecon.report.targets import evaluation_files, figure_plan, method_plan, table_files
+from brainrecon.reconstruct.plan import method_plans as method_plan
+from brainrecon.report.plan import figure_plan, table_files
 
 SUBJECTS = ["01", "02", "05"]
 
@@ -242,20 +243,30 @@ def test_metric_bars(tmp_path, bd_csvs):
 
 # --------------------------------------------------------------------------- targets
 def _config(**over):
+    """A validated config (schema defaults filled in) with two subjects, Brain-Diffuser only unless
+    ``methods={"takagi": {...}}`` turns Takagi on."""
+    from brainrecon.config import validate_config
+
     cfg = {
-        "nsd": {"subjects": [1, 2]},
-        "methods": {"braindiffuser": {"enabled": True, "subject_average": True, "variants": ["full", "no_text"]}},
+        "nsd": {"subjects": [1, 2], "source": "synthetic", "root": "resources/x", "sessions": 2},
+        "prepare": {},
+        "methods": {"braindiffuser": {"enabled": True, "subject_average": True, "variants": ["full", "no_text"]},
+                    "takagi": {"enabled": False}},
         "evaluate": {"exclude": None, "per_image": True},
         "report": {"subject": None},
     }
     for k, v in over.items():
-        cfg[k] = {**cfg.get(k, {}), **v}
-    return cfg
+        if k == "methods":
+            for m, mv in v.items():
+                cfg["methods"][m] = {**cfg["methods"].get(m, {}), "enabled": True, **mv}
+        else:
+            cfg[k] = {**cfg.get(k, {}), **v}
+    return validate_config(cfg, check_paths=False)
 
 
 def test_table_kinds_agree():
     from brainrecon.report.tables import TABLES
-    from brainrecon.report.targets import TABLE_TITLES, table_names
+    from brainrecon.report.plan import TABLE_TITLES, table_names
 
     assert set(TABLE_TITLES) == set(TABLES)
     cfg = _config(methods={"takagi": {"variants": ["zc"]}})
@@ -264,7 +275,7 @@ def test_table_kinds_agree():
 
 def test_targets_follow_the_config():
     cfg = _config()
-    (plan,) = method_plan(cfg)  # no takagi section: skipped
+    (plan,) = method_plan(cfg)  # takagi disabled: skipped
     assert plan.subjects == ("01", "02", "avg") and not plan.multi_sample
     ev = evaluation_files(cfg)
     assert len(ev) == 2 * 3 and "results/evaluate/braindiffuser/no_text/subjavg.csv" in ev

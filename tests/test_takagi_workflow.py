@@ -154,7 +154,11 @@ def test_dry_run_lists_takagi_jobs_for_four_subjects(tmp_path):
     assert cfg["nsd"]["subjects"] == [1, 2, 5, 7]
     targets = [f"results/reconstruct/takagi/{v}/subj{s:02d}/images.h5" for v in ("z", "c", "zc", "t", "td")
                for s in (1, 2, 5, 7)]
-    # takagi_targets() names the same files
+    from brainrecon.config import validate_config
+    from brainrecon.reconstruct.takagi import plan as takagi_plan
+
+    planned = [t for t in takagi_plan.targets(validate_config(cfg, check_paths=False)) if t.endswith(".h5")]
+    assert sorted(planned) == sorted(targets)  # the plan names the same files
     common = ["--configfile", REPO / "config" / "demo.yaml", "--directory", tmp_path]
     proc = run_snakemake("-n", *common, *targets, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -178,32 +182,17 @@ def test_dry_run_lists_takagi_jobs_for_four_subjects(tmp_path):
         assert re.search(r"resources: .*gpu=0", b), b  # demo: models.device cpu holds no GPU
 
 
-def test_takagi_targets_function(tmp_path):
-    """takagi_targets() lists every configured variant x subject (read through snakemake's --list-target-rules
-    would not call it, so evaluate it by asking for a rule that takes it as input)."""
-    snakefile = tmp_path / "Snakefile"
-    snakefile.write_text(
-        f'configfile: "{REPO / "config" / "config.yaml"}"\n'
-        f'include: "{REPO / "workflow" / "rules" / "common.smk"}"\n'
-        f'include: "{REPO / "workflow" / "rules" / "regression.smk"}"\n'
-        f'include: "{REPO / "workflow" / "rules" / "takagi.smk"}"\n'
-        'rule show:\n'
-        '    run:\n'
-        '        print("TARGETS", " ".join(takagi_targets()))\n'
-    )
-    import subprocess
-    import sys
-    from pathlib import Path
+def test_takagi_targets_function():
+    """The Takagi plan lists every configured variant x subject (the files rule all asks for), and nothing
+    when the method is disabled."""
+    from brainrecon.config import validate_config
+    from brainrecon.reconstruct.takagi import plan as takagi_plan
 
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     demo["methods"]["takagi"]["variants"] = ["zc", "td"]
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(demo))
-    snake = str(Path(sys.executable).with_name("snakemake"))
-    proc = subprocess.run([snake, "-s", str(snakefile), "--configfile", str(cfg), "--directory", str(tmp_path),
-                           "--cores", "1", "show"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    line = next(x for x in (proc.stdout + proc.stderr).splitlines() if x.startswith("TARGETS"))
-    got = sorted(line.split()[1:])
-    assert got == sorted(f"results/reconstruct/takagi/{v}/subj{s:02d}/images.h5" for v in ("zc", "td")
-                         for s in (1, 2, 5, 7))
+    cfg = validate_config(demo, check_paths=False)
+    got = [t for t in takagi_plan.targets(cfg) if t.endswith("images.h5")]
+    assert sorted(got) == sorted(f"results/reconstruct/takagi/{v}/subj{s:02d}/images.h5" for v in ("zc", "td")
+                                 for s in (1, 2, 5, 7))
+    demo["methods"]["takagi"]["enabled"] = False
+    assert takagi_plan.targets(validate_config(demo, check_paths=False)) == []

@@ -48,7 +48,8 @@ def validate_config(config: dict, schema: dict | None = None, check_paths: bool 
             msgs += str(more).splitlines()[1:]
         except Exception:  # malformed beyond what semantic checks can read
             pass
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(m.strip() for m in msgs))
+        msgs = list(dict.fromkeys(m.strip() for m in msgs))  # a key missing under if/then branches too
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(msgs))
     _semantic_checks(config, check_paths)
     return config
 

@@ -136,7 +136,7 @@ class ScoreBank:
 
     def summary(self, idx=None) -> dict:
         """``{"convention", "n_images", "n_samples", <metric>: value}`` on the images ``idx``
-        (indices or boolean mask; default all) - the same numbers :func:`~.suite.evaluate_all` gives
+        (indices or boolean mask; default all) - the same numbers a whole-set call gives
         for ``gt[idx], recon[idx]``."""
         idx = self._idx(idx)
         out = {"convention": self.convention, "n_images": int(len(idx)), "n_samples": int(self.n_samples)}

@@ -1,4 +1,4 @@
-"""Per-space feature extractors (see :mod:`brainrecon.features.spaces` for the protocol).
+"""Per-space feature extractors (the table of spaces: :mod:`brainrecon.features.plan`).
 
 Every extractor maps one batch to float32 numpy ``(b, *feature_shape)``; a row depends only on its own
 image / captions (and, for VDVAE, on a seed derived from its nsdId), so results do not depend on how
