@@ -20,6 +20,9 @@ are never held in memory (chunks of :data:`CHUNK_BYTES`).
 What a file must contain beyond its type (the NSD files' datasets, variables and columns, COCO's
 caption annotations) is an :class:`Expect` given by the caller (:mod:`brainrecon.nsd.download`
 knows the NSD ones); :func:`verify_file` checks the type and those expectations.
+
+Why one long module: resuming, retrying, verifying and the atomic rename are one state machine around one
+temporary file; each piece needs the others' state.
 """
 
 from __future__ import annotations

@@ -17,12 +17,32 @@ Public API (shapes in each docstring):
 * :func:`slice_mosaic`, :func:`plot_r_by_roi`
 """
 
-from brainrecon.encoding.analysis import encoding_analysis
-from brainrecon.encoding.figures import plot_r_by_roi, slice_mosaic
-from brainrecon.encoding.maps import save_map_nifti, to_volume
-from brainrecon.encoding.pca import PCAModel, PCAScores, fit_pca, pca_scores
-from brainrecon.encoding.rois import ROI_SUMMARY_COLUMNS, roi_summary
-from brainrecon.encoding.stats import fdr_bh, pearson_r_per_voxel, pvalue_null_gaussian
+import importlib
+
+#: public name -> submodule (imported on first use: the Snakefile reads the torch-free plan only)
+_LAZY = {
+    "encoding_analysis": "analysis",
+    "plot_r_by_roi": "figures",
+    "slice_mosaic": "figures",
+    "save_map_nifti": "maps",
+    "to_volume": "maps",
+    "PCAModel": "pca",
+    "PCAScores": "pca",
+    "fit_pca": "pca",
+    "pca_scores": "pca",
+    "ROI_SUMMARY_COLUMNS": "rois",
+    "roi_summary": "rois",
+    "fdr_bh": "stats",
+    "pearson_r_per_voxel": "stats",
+    "pvalue_null_gaussian": "stats",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PCAModel",

@@ -38,6 +38,9 @@ Preprocessing conventions (:data:`CONVENTIONS`; every image is first scaled to f
     SwAV 224, CLIP 224; same normalisations; no centre crop (MindEye's Reconstruction_Metrics).
   All resizes are bilinear, ``align_corners=False``, anti-aliased (torchvision tensor
   ``Resize(BILINEAR)``, close to PIL's bilinear resize). Inputs are never centre-cropped.
+
+Why one long module: five networks, each with its weights resolution, preprocessing and layer names; the
+tables only make sense next to each other (the metrics name their layers).
 """
 
 from __future__ import annotations

@@ -204,7 +204,7 @@ def weights(config: Mapping) -> str:
 
 
 def nets_needed(config: Mapping) -> list[str]:
-    """Evaluation nets (in :data:`NET_ORDER`) the configured metrics need: ``evaluate.metrics``, the TN-
+    """Evaluation nets (in :data:`NET_NAMES` order) the configured metrics need: ``evaluate.metrics``, the TN-
     columns if a configured method is multi-sample and ``takagi_for_samples``, and the n-way net."""
     ev = config["evaluate"]
     cols = list(ev["metrics"])

@@ -34,6 +34,8 @@ analysis' c space.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .plan import check_block
 
 POOL_GLOBAL = "global"
@@ -95,22 +97,40 @@ def _check_c(parts, c_table: CTable) -> None:
                          f"(is it the sdc features file of the same model?)")
 
 
+@dataclass(frozen=True)
+class Img2ImgRun:
+    """The img2img run both zc and U-Net spaces make (config ``encoding.img2img``; strength per space)."""
+
+    strength: float
+    num_inference_steps: int
+    guidance_scale: float
+    eta: float
+    seed: int
+    image_size: int
+
+    def __post_init__(self):
+        if int(self.seed) < 0 or int(self.image_size) < 8:
+            raise ValueError(f"seed must be >= 0 and image_size >= 8 px, got {self.seed}, {self.image_size}")
+
+    def sampler(self):
+        """The loop's settings (its one argument check); posterior mean: z is the sdz space's latent."""
+        from ..models.diffusion import Sampler
+
+        return Sampler(steps=int(self.num_inference_steps), strength=float(self.strength),
+                       guidance_scale=float(self.guidance_scale), eta=float(self.eta), posterior="mean")
+
+
 class _Img2ImgExtractor:
     """Shared part of the zc and U-Net extractors: z of the images -> img2img conditioned on c."""
 
-    def __init__(self, parts, strength, num_inference_steps, guidance_scale, eta, seed, image_size, c_features):
-        from ..models.diffusion import Sampler
-
+    def __init__(self, parts, run: Img2ImgRun, c_features):
         self.parts = parts
         self.c_table = CTable(c_features)
         _check_c(parts, self.c_table)
-        # the loop's settings (its one argument check); posterior mean: z is the sdz space's latent
-        self.sampler = Sampler(steps=int(num_inference_steps), strength=float(strength),
-                               guidance_scale=float(guidance_scale), eta=float(eta), posterior="mean")
-        if int(seed) < 0 or int(image_size) < 8:
-            raise ValueError(f"seed must be >= 0 and image_size >= 8 px, got {seed}, {image_size}")
-        self.strength, self.steps = float(strength), int(num_inference_steps)
-        self.guidance, self.eta, self.seed, self.size = float(guidance_scale), float(eta), int(seed), int(image_size)
+        self.sampler = run.sampler()
+        self.strength, self.steps = float(run.strength), int(run.num_inference_steps)
+        self.guidance, self.eta, self.seed, self.size = (float(run.guidance_scale), float(run.eta), int(run.seed),
+                                                         int(run.image_size))
         self.n_run = self.sampler.num_steps  # the loop's reference truncation
         self._uncond = None
         self.settings = {
@@ -146,8 +166,8 @@ class ZcExtractor(_Img2ImgExtractor):
 
     storage_dtype = "float32"
 
-    def __init__(self, parts, strength, **kw):
-        super().__init__(parts, strength, **kw)
+    def __init__(self, parts, run: Img2ImgRun, c_features):
+        super().__init__(parts, run, c_features)
         self.settings["feature"] = "final denoised latent of the partial schedule (scaled, before VAE decoding)"
 
     def __call__(self, nsd_ids, images, captions=None):
@@ -229,8 +249,8 @@ def pool_activation(x, pool):
 class UNetExtractor(_Img2ImgExtractor):
     """U-Net block activation at one denoising step (see the module docstring)."""
 
-    def __init__(self, parts, block, step, unet_strength, pool, storage_dtype, **kw):
-        super().__init__(parts, unet_strength, **kw)
+    def __init__(self, parts, run: Img2ImgRun, c_features, *, block, step, pool, storage_dtype):
+        super().__init__(parts, run, c_features)
         self.block, self.step, self.pool = check_block(block), int(step), pool
         self.module = unet_block(parts.unet, block)
         if not 1 <= self.step <= self.n_run:
@@ -262,14 +282,13 @@ class UNetExtractor(_Img2ImgExtractor):
         return pool_activation(act, self.pool).float().cpu().numpy()
 
 
-def setup_zc(parts, *, strength, num_inference_steps, guidance_scale, eta, seed, image_size,
-             c_features) -> ZcExtractor:
-    return ZcExtractor(parts, strength, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                       eta=eta, seed=seed, image_size=image_size, c_features=c_features)
+def setup_zc(parts, *, c_features, **run) -> ZcExtractor:
+    """zc space: ``run`` = the :class:`Img2ImgRun` fields (strength from the space name)."""
+    return ZcExtractor(parts, Img2ImgRun(**run), c_features)
 
 
-def setup_unet(parts, *, block, step, unet_strength, pool, storage_dtype, num_inference_steps, guidance_scale, eta,
-               seed, image_size, c_features) -> UNetExtractor:
-    return UNetExtractor(parts, block, step, unet_strength, pool=pool, storage_dtype=storage_dtype,
-                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
-                         seed=seed, image_size=image_size, c_features=c_features)
+def setup_unet(parts, *, c_features, unet_strength, block, step, pool, storage_dtype, **run) -> UNetExtractor:
+    """U-Net space: block and step from the name, the run at ``unet_strength`` (``run``: the other
+    :class:`Img2ImgRun` fields)."""
+    return UNetExtractor(parts, Img2ImgRun(strength=unet_strength, **run), c_features, block=block, step=step,
+                         pool=pool, storage_dtype=storage_dtype)

@@ -47,6 +47,9 @@ VDVAE is not a Hugging Face repo: its role uses the custom hooks of
 :func:`brainrecon.models.load_model`
 ``(role, folder, device, dtype)`` (:func:`load_role` with a path; this module's ``load_model`` is
 an alias of it) and :func:`brainrecon.models.prepare_model` (:func:`prepare_role`).
+
+Why one long module: it is the declarative table of all seven roles plus, per role, its hooks (tiny-config
+builders, loaders, checks); the table is meant to be read in one place.
 """
 
 from __future__ import annotations

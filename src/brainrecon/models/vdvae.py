@@ -24,6 +24,10 @@ Architecture (facts of the reference model, re-implemented here):
 * Temperature ``t`` scales the prior standard deviation (``log σ + log t``); ``t = 0`` uses the prior mean.
 
 Input normalisation (ImageNet64): ``(x − 115.92961967) / 69.37404`` on 0..255 pixel values, channels-last.
+
+Why one long module: the network must mirror the official checkpoint's module tree exactly (every parameter
+name above), and the tree is only checkable as a whole; splitting encoder and decoder would scatter one layout
+over files that must change together.
 """
 
 from __future__ import annotations

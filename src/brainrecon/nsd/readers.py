@@ -14,6 +14,9 @@ Formats (see SPEC.md §1 and :mod:`brainrecon.nsd.layout`):
 * per-session betas, ``.nii.gz`` (X, Y, Z, T) int16 or ``.hdf5`` ``/betas`` (T, Z, Y, X)
   int16 -> :func:`iter_session_betas` / :func:`load_session_betas` (masked (T, V), one
   block of trials in memory at a time).
+
+Why one long module: one reader per raw NSD format with one shared error convention (:class:`NSDFileError`),
+kept together so every format's quirks are documented side by side.
 """
 
 from __future__ import annotations

@@ -10,9 +10,26 @@
   targets (numpy or h5py).
 """
 
-from brainrecon.regression.pipeline import restandardise, ridge_predict_test
-from brainrecon.regression.ridge import KernelRidgeDecoder, RidgeFactorisation, resolve_backend
-from brainrecon.regression.targets import TargetMatrix, column_batches, target_stats
+import importlib
+
+#: public name -> submodule (imported on first use: the Snakefile reads the torch-free plan only)
+_LAZY = {
+    "restandardise": "pipeline",
+    "ridge_predict_test": "pipeline",
+    "KernelRidgeDecoder": "ridge",
+    "RidgeFactorisation": "ridge",
+    "resolve_backend": "ridge",
+    "TargetMatrix": "targets",
+    "column_batches": "targets",
+    "target_stats": "targets",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "KernelRidgeDecoder",

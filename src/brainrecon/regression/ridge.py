@@ -24,6 +24,10 @@ formed unless asked (:meth:`KernelRidgeDecoder.primal_weights`, :meth:`KernelRid
 Results equal ``sklearn.linear_model.Ridge(alpha, fit_intercept=True)`` fitted on the
 standardised design. Arrays live on the device of the chosen himalaya backend
 (``"numpy"``, ``"torch"``, ``"torch_cuda"``, ...); inputs and outputs are numpy.
+
+Why one long module: the solver (shared factorisation, CV grid, column batches, backends) and the decoder that
+holds its state are one algorithm whose pieces share private invariants (standardisation statistics, the
+factorisation cache); splitting them would publish those internals.
 """
 
 from __future__ import annotations
