@@ -56,6 +56,9 @@ def test_shipped_configs_validate_and_get_defaults():
         (lambda c: c["nsd"].__setitem__("subjects", [4]), ["nsd.sessions", "37", "only 30 sessions"]),
         (lambda c: c["prepare"].__setitem__("normalise", "zscore"), ["prepare.normalise", "'zscore'"]),
         (lambda c: c["nsd"].__setitem__("base_url", "ftp://x"), ["nsd.base_url", "ftp://x"]),
+        (lambda c: c["methods"]["braindiffuser"].__setitem__("roi_optimal", ["V1", "V7"]),
+         ["methods.braindiffuser.roi_optimal[1]", "'V7'", "ecc4+"]),  # names from nsd.rois.ROI_DEFINITIONS
+        (lambda c: c["nsd"].__setitem__("sessions", None), ["nsd.sessions", "None"]),
     ],
 )
 def test_bad_config_names_key_and_value(mutate, fragments):

@@ -66,6 +66,13 @@ def _semantic_checks(config: dict, check_paths: bool) -> None:
                 f"config key nsd.sessions: value {config['nsd']['sessions']} but NSD subject {s} "
                 f"has only {SESSIONS_PER_SUBJECT[s]} sessions"
             )
+    from .nsd.rois import ROI_DEFINITIONS
+
+    bd = config.get("methods", {}).get("braindiffuser", {})
+    for i, name in enumerate(bd.get("roi_optimal") or []):
+        if isinstance(name, str) and name not in ROI_DEFINITIONS:
+            msgs.append(f"config key methods.braindiffuser.roi_optimal[{i}]: unknown ROI {name!r}; "
+                        f"known: {', '.join(ROI_DEFINITIONS)}")
     synth = config.get("synth", {})
     if config["nsd"]["source"] == "synthetic" and synth:
         if synth.get("n_shared", 0) >= synth.get("n_images", 1):
