@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import pickle
 import json
 import re
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_same_seed_same_arrays_different_seed_differs(small, tmp_path):
 def test_every_layout_key_exists_and_nothing_half_written(small):
     root, coco, summary = small
     sessions = range(1, SMALL["sessions"] + 1)
-    keys = layout.shared_keys() + [layout.stim_info_key("pkl")]
+    keys = layout.shared_keys() + [layout.stim_info_key("pkl")] + [layout.fsaverage_ctab_key(n) for n in layout.ROI_NAMES]
     for s in SMALL["subjects"]:
         keys += layout.subject_keys(s, sessions, "nii.gz") + layout.subject_keys(s, sessions, "hdf5")
     missing = [k for k in keys if not (root / k).is_file()]
@@ -207,7 +208,29 @@ def test_stim_info_consistent_with_design(small):
             got = [int(df.at[n, f"subject{s}_rep{k}"]) for k in range(3)]
             assert got == (expect.get(n, []) + [0, 0, 0])[:3], (s, n)
     pkl = pd.read_pickle(root / layout.stim_info_key("pkl"))
-    pd.testing.assert_frame_equal(pkl, df, check_dtype=False)
+    pd.testing.assert_frame_equal(pkl, df, check_dtype=False, check_column_type=False)
+
+
+class _Pandas2Unpickler(pickle.Unpickler):
+    """What an older pandas (no ``str`` dtype, no string arrays) can resolve: refuse every string-dtype class."""
+
+    def find_class(self, module, name):
+        if "string" in module.lower() or "arrow" in module.lower() or name in ("StringDtype", "ArrowDtype"):
+            raise pickle.UnpicklingError(f"pandas-3 only class {module}.{name}")
+        return super().find_class(module, name)
+
+
+def test_stim_info_pickle_has_plain_object_columns(small):
+    """The pickle opens without pandas' string dtype (real NSD's pickle predates it; the reference repos
+    run pandas 1/2) and holds object text columns and labels."""
+    root, _, _ = small
+    with open(root / layout.stim_info_key("pkl"), "rb") as fh:
+        pkl = _Pandas2Unpickler(fh).load()
+    assert pkl["cocoSplit"].dtype == object and pkl["cropBox"].dtype == object
+    assert pkl.columns.dtype == object and all(type(c) is str for c in pkl.columns)
+    assert all(type(v) is str for v in pkl["cropBox"])
+    df = pd.read_csv(root / layout.stim_info_key("csv"), index_col=0)
+    pd.testing.assert_frame_equal(pkl, df, check_dtype=False, check_column_type=False)
 
 
 def test_responses_one_row_per_trial(small):
@@ -310,6 +333,9 @@ def test_volumes_rois_ctabs_anatomy(small):
             table = {int(x.split()[0]): x.split()[1] for x in ctab if x.strip()}
             table.pop(0, None)
             assert table == layout.LABEL_TABLES[name]
+            # the fsaverage copy, read as tknapen/nsd_access does (space-delimited, value -> name)
+            mapp = pd.read_csv(root / layout.fsaverage_ctab_key(name), delimiter=" ", header=None, index_col=0)
+            assert {int(k): v for k, v in mapp.to_dict()[1].items() if int(k) != 0} == layout.LABEL_TABLES[name]
         assert {1, 5} <= set(np.unique(st[ng]).astype(int))
         assert (~ng[st > 0]).sum() == 0
         assert ng[brain].mean() < 0.8 and ng.sum() > 50

@@ -111,6 +111,13 @@ def ctab_key(subject: int | str, name: str) -> str:
     return f"nsddata/freesurfer/{subj_str(subject)}/label/{name}.mgz.ctab"
 
 
+def fsaverage_ctab_key(name: str) -> str:
+    """The fsaverage copy of a label table (the same table; third-party readers such as nsd_access read it)."""
+    if name not in ROI_NAMES:
+        raise ValueError(f"unknown NSD ROI {name!r}; known: {', '.join(ROI_NAMES)}")
+    return f"nsddata/freesurfer/fsaverage/label/{name}.mgz.ctab"
+
+
 def responses_key(subject: int | str) -> str:
     return f"nsddata/ppdata/{subj_str(subject)}/behav/responses.tsv"
 

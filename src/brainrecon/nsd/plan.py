@@ -94,10 +94,12 @@ def raw_targets(config: Mapping) -> list[str]:
 
 
 def synth_extra_files(config: Mapping) -> list[str]:
-    """Files the synthetic NSD writes beyond what the run reads: the other betas format, the pickle."""
+    """Files the synthetic NSD writes beyond what the run reads: the other betas format, the pickle, the
+    fsaverage copies of the label tables."""
     other = "hdf5" if config["nsd"]["betas_format"] == "nii.gz" else "nii.gz"
-    return [nsd_path(config, layout.betas_key(int(s), ses, other))
-            for s in subjects(config) for ses in sessions(config)] + [nsd_path(config, layout.stim_info_key("pkl"))]
+    return ([nsd_path(config, layout.betas_key(int(s), ses, other))
+             for s in subjects(config) for ses in sessions(config)] + [nsd_path(config, layout.stim_info_key("pkl"))]
+            + [nsd_path(config, layout.fsaverage_ctab_key(n)) for n in layout.ROI_NAMES])
 
 
 def subject_raw_inputs(config: Mapping, subject: str) -> dict:

@@ -70,6 +70,19 @@ def _save_nifti(path: Path, data: np.ndarray, aff: np.ndarray) -> None:
         nib.save(img, str(tmp))
 
 
+def _plain_frame(df):
+    """``df`` with plain ``object`` text columns and column labels, as the real (pandas-1 era) pickle has:
+    pandas >= 3 infers a ``str`` dtype that older pandas cannot unpickle."""
+    import pandas as pd
+
+    out = df.copy()
+    for c in out.columns:
+        if pd.api.types.is_string_dtype(out[c].dtype) and out[c].dtype != object:
+            out[c] = out[c].astype(object)
+    out.columns = pd.Index([str(c) for c in out.columns], dtype=object)
+    return out
+
+
 def _ctab_text(name: str) -> str:
     lines = ["0 Unknown"] + [f"{v} {n}" for v, n in sorted(layout.LABEL_TABLES[name].items())]
     return "\n".join(lines) + "\n"
@@ -174,7 +187,7 @@ def generate(root, coco_root, settings: SynthSettings, *, shapes: dict | None = 
     with atomic_path(out(layout.stim_info_key("csv"))) as tmp:
         info.to_csv(tmp)
     with atomic_path(out(layout.stim_info_key("pkl"))) as tmp:
-        info.to_pickle(tmp)
+        _plain_frame(info).to_pickle(tmp, protocol=4)
 
     # ---- stimuli (one image per chunk, gzip) + low-level features
     rng_img = _rng(seed, 3)
@@ -277,6 +290,8 @@ def generate(root, coco_root, settings: SynthSettings, *, shapes: dict | None = 
         for name in layout.ROI_NAMES:
             _save_nifti(out(layout.roi_key(s, name)), geom["rois"][name], aff)
             write_text_atomic(out(layout.ctab_key(s, name)), _ctab_text(name))
+            if s == subs[0]:  # real NSD also has the fsaverage copies (what nsd_access reads)
+                write_text_atomic(out(layout.fsaverage_ctab_key(name)), _ctab_text(name))
         for name, arr in vol.anatomy(brain, _rng(seed, 12, s)).items():
             _save_nifti(out(layout.anatomy_key(s, name)), arr, aff)
         resp = dz.responses(design, s, sessions, _rng(seed, 13, s))
