@@ -134,6 +134,26 @@ def test_takagi_and_methods_tables(tmp_path, bd_csvs):
     m = build_table("methods_table1", paths + tn, method_order=["braindiffuser", "takagi"], variant_order=ORDER)
     assert m.metrics == list(BRAINDIFFUSER_COLUMNS)
     assert m.ours["method"].tolist() == ["braindiffuser"] * 4 + ["takagi"] * 2
+    assert not [n for n in t.notes if "not a row of the paper" in n]
+
+
+def test_our_variants_are_labelled_as_ours(tmp_path):
+    """td (+T+D from X_z, no +G) is not the paper's: its label says so and every table showing it has a note."""
+    from brainrecon.report.plan import variant_label
+    from brainrecon.report.tables import render_markdown
+
+    rng = np.random.default_rng(2)
+    csvs = [write_eval_csv(tmp_path / v / f"subj{s}.csv", "takagi", v, s,
+                           {m: float(rng.uniform(0.5, 1)) for m in TAKAGI_COLUMNS}, n_samples=5)
+            for v in ("zc", "td") for s in SUBJECTS]
+    t = build_table("takagi_table1", csvs, variant_order={"takagi": ["zc", "td"]})
+    assert variant_label("takagi", "td") == "+T+D (ours)"
+    assert "+T+D (ours)" in t.ours["label"].tolist()
+    (note,) = [n for n in t.notes if "not a row of the paper" in n]
+    assert "+T+G+D" in note and "X_z" in note
+    assert note in render_markdown(t)
+    # the paper's rows keep their own labels; none is called +T+D
+    assert "+T+D" not in t.paper["label"].tolist()
 
 
 def test_tables_refuse_inconsistent_inputs(tmp_path, bd_csvs):

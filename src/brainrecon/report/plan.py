@@ -32,8 +32,16 @@ VARIANT_LABELS = {
     ("takagi", "zc"): "z+c (CVPR)",
     ("takagi", "t"): "+T",
     ("takagi", "tg"): "+T+G",
-    ("takagi", "td"): "+T+D",
+    ("takagi", "td"): "+T+D (ours)",
     ("takagi", "tgd"): "+T+G+D",
+}
+
+
+#: Variants that are not rows of their paper, and what they are (a note under every table that shows them).
+VARIANT_NOTES = {
+    ("takagi", "td"): "+T+D (ours) is not a row of the paper: SD2-depth from the decoded depth and the +T caption, "
+                      "started from the z-decoded image X_z; the paper's +T+G+D starts from the +G (GAN) image, "
+                      "which brainrecon does not implement yet - do not set it beside the paper's +T+G+D row.",
 }
 
 
@@ -146,6 +154,6 @@ def table_inputs(config: Mapping, table: str, excluded: bool = False) -> list[st
     return evaluation_files(config, excluded=excluded, methods=table_methods(table))
 
 
-__all__ = ["METHOD_LABELS", "VARIANT_LABELS", "variant_label", "TABLE_TITLES", "MAIN_VARIANT",
+__all__ = ["METHOD_LABELS", "VARIANT_LABELS", "VARIANT_NOTES", "variant_label", "TABLE_TITLES", "MAIN_VARIANT",
            "TABLE_DIR", "FIGURE_DIR", "table_names", "table_methods", "table_files", "report_subject", "figure_plan",
            "targets", "table_inputs"]

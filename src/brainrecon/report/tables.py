@@ -32,7 +32,7 @@ import pandas as pd
 from ..evaluate.plan import BRAINDIFFUSER_COLUMNS, METRICS, TAKAGI_COLUMNS, metric_spec
 from ..io import write_text_atomic, atomic_path
 from .paper import PaperRow, paper_rows
-from .plan import METHOD_LABELS, TABLE_TITLES, VARIANT_LABELS
+from .plan import METHOD_LABELS, TABLE_TITLES, VARIANT_LABELS, VARIANT_NOTES
 
 __all__ = [
     "TABLES",
@@ -295,6 +295,8 @@ def build_table(name: str, eval_csvs, method_order=None, variant_order=None) -> 
             note += (" 'subject average' rows: reconstructions decoded from the prediction averaged over subjects "
                      "(one value, no s.d.).")
         notes.append(note)
+    shown = set(zip(df["method"], df["variant"]))
+    notes += [VARIANT_NOTES[key] for key in VARIANT_NOTES if key in shown]
     suffix = "" if not subset or subset == "all" else f"_{subset}"
     ours.insert(len(ours.columns) - len(metrics) * (2 if spec.level == "summary" else 1), "convention", convention)
     for col in ("weights", "subset", "exclusion"):
