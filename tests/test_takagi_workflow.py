@@ -37,26 +37,42 @@ def test_spaces_registered():
 
 
 def test_blip_features_are_the_vit_tokens(tmp_path, nsd, folders):
+    """By default the reference's input (img2feat_blip.py): PIL Lanczos to blip_size, then ToTensor only
+    (no mean/std normalisation) -> BLIP's ViT, post-layernorm tokens; blip_normalize adds the CLIP
+    normalisation the model was trained with."""
+    from PIL import Image
+    from torchvision import transforms
+
+    assert default_options("blip")["blip_normalize"] is False
     out = extract("blip", tmp_path / "blip.h5", inp(nsd, folders["blip"]), batch_size=5, blip_size=24)
     parts = load_model("blip", folders["blip"])
     with h5py.File(out) as f:
         assert tuple(f.attrs["feature_shape"]) == (10, 32)  # (24 / 8)^2 patches + CLS at 24 px
         x, ids = f["test/features"][()], f["test/nsd_ids"][()]
         assert f["test/features"].dtype == np.float32
+        assert not f.attrs["blip_normalize"]
     with h5py.File(nsd["brick"]) as f:
         imgs = np.stack([f["imgBrick"][int(i)] for i in ids])
-    from PIL import Image
 
-    small = [np.asarray(Image.fromarray(a).resize((24, 24), resample=Image.LANCZOS)) for a in imgs]
-    pv = parts.processor.image_processor(small, do_resize=False, return_tensors="pt").pixel_values
+    # the reference, independently: Image.resize(LANCZOS) -> transforms.ToTensor() -> visual encoder
+    pv = torch.stack([transforms.ToTensor()(Image.fromarray(a).convert("RGB").resize((24, 24),
+                                                                                     resample=Image.LANCZOS))
+                      for a in imgs])
     with torch.no_grad():
         ref = parts.model.vision_model(pixel_values=pv, interpolate_pos_encoding=True).last_hidden_state
     np.testing.assert_allclose(x.reshape(len(ids), 10, 32), ref.numpy(), atol=1e-5)
-    # normalisation off (the reference's ToTensor pixels) changes the tokens
+
+    # normalisation on: the processor's CLIP mean/std, a different input
     out2 = extract("blip", tmp_path / "blip2.h5", inp(nsd, folders["blip"]), batch_size=5, blip_size=24,
-                   blip_normalize=False)
+                   blip_normalize=True)
+    proc = parts.processor.image_processor
+    mean, std = torch.tensor(proc.image_mean)[:, None, None], torch.tensor(proc.image_std)[:, None, None]
+    with torch.no_grad():
+        ref2 = parts.model.vision_model(pixel_values=(pv - mean) / std, interpolate_pos_encoding=True)
     with h5py.File(out2) as f:
-        assert not np.allclose(f["test/features"][()], x)
+        x2 = f["test/features"][()]
+    np.testing.assert_allclose(x2.reshape(len(ids), 10, 32), ref2.last_hidden_state.numpy(), atol=1e-5)
+    assert not np.allclose(x2, x)
     with pytest.raises(ValueError, match="multiple of the ViT patch size"):
         extract("blip", tmp_path / "bad.h5", inp(nsd, folders["blip"]), blip_size=20)
     assert not (tmp_path / "bad.h5").exists()

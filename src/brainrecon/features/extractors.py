@@ -20,8 +20,8 @@ images are batched.
   77x768) -> mean over captions.
 - ``blip`` (Takagi +T, role ``blip``): rows → PIL Lanczos resize to ``blip_size`` px (240, as the
   reference ``img2feat_blip.py``) → the role's BlipImageProcessor without its own resize (rescale to
-  [0, 1]; with ``blip_normalize`` the CLIP mean/std normalisation the model was trained with — the
-  reference skipped it, passing ``ToTensor()`` pixels) → ViT ``last_hidden_state`` (post-layernorm, =
+  [0, 1] = the reference's ``ToTensor()`` pixels, the default; ``blip_normalize: true`` adds the CLIP
+  mean/std normalisation the model was trained with) → ViT ``last_hidden_state`` (post-layernorm, =
   BLIP's ``visual_encoder`` output) with position embeddings interpolated to the grid → (T, D) =
   (226, 768) at 240 px / patch 16 for the real model (15×15 patches + CLS).
 - ``dpt`` (Takagi +D, role ``dpt``): rows → PIL Lanczos resize to ``dpt_resize`` (512, as the
