@@ -152,6 +152,9 @@ def test_full_runs_exactly_37_denoising_steps_for_50_steps_at_strength_075(vd, v
     with h5py.File(tmp_path / "images.h5") as f:
         assert f.attrs["num_denoising_steps"] == 37
         assert len(f.attrs["timesteps"]) == 37
+        # the reference sampler's start (default init_noise: reference): noised to 741, first step at 721
+        assert f.attrs["init_noise"] == "reference" and f.attrs["noise_timestep"] == 741
+        assert f.attrs["timesteps"][0] == 721
         assert f.attrs["guidance_scale"] == 7.5 and f.attrs["effective_text_weight"] == pytest.approx(0.4)
 
 
@@ -416,7 +419,7 @@ def test_reconstruct_rois_renormalises_and_writes_one_image_per_roi(model_dirs, 
 
     monkeypatch.setattr(roi, "reconstruct_to_files", spy)
     settings = bd.roi_settings({"image_size": 32, "seed": 0, "vdvae_temperature": 1.0, "steps": 4, "strength": 0.75,
-                                "guidance_scale": 7.5, "batch_size": 2, "text_weight": 0.4})
+                                "guidance_scale": 7.5, "batch_size": 2, "text_weight": 0.4, "init_noise": "reference"})
     out = tmp_path / "roi" / "subjavg"
     inputs = {**reg, **{f"features_{k}": [str(p) for p in v] for k, v in feats.items()},
               "vdvae_model": model_dirs["vdvae"], "vd_model": model_dirs["vd"]}
@@ -442,8 +445,10 @@ def test_reconstruct_rois_renormalises_and_writes_one_image_per_roi(model_dirs, 
 # ----------------------------------------------------------------------------- settings
 def test_variant_settings_list_only_what_a_variant_depends_on():
     cfg = {"image_size": 512, "seed": 0, "vdvae_temperature": 1.0, "steps": 50, "strength": 0.75,
-           "guidance_scale": 7.5, "batch_size": 4, "text_weight": 0.4, "variants": ["full"], "enabled": True}
+           "guidance_scale": 7.5, "batch_size": 4, "text_weight": 0.4, "variants": ["full"], "enabled": True,
+           "init_noise": "reference"}
     assert set(bd.variant_settings("only_vdvae", cfg)) == {"image_size", "seed", "vdvae_temperature"}
+    assert all("init_noise" in bd.variant_settings(v, cfg) for v in bd.VARIANTS if v != "only_vdvae")
     assert "vdvae_temperature" not in bd.variant_settings("no_vdvae", cfg)
     assert "text_weight" not in bd.variant_settings("no_text", cfg)
     assert "text_weight" not in bd.variant_settings("no_vision", cfg)

@@ -304,6 +304,7 @@ def test_unet_extractor_hooks_named_block_at_named_step(small, sd_parts):
 
     ids, images = _images(small, 3)
     kw = dict(unet_strength=0.8, num_inference_steps=5, guidance_scale=5.0, eta=0.0, seed=0, image_size=32,
+              init_noise="reference",
               c_features=small["sdc"])  # int(0.8 * 5) = 4 denoising steps
     # reference: the whole run, every mid-block output recorded per UNet call
     rec = []
@@ -312,7 +313,8 @@ def test_unet_extractor_hooks_named_block_at_named_step(small, sd_parts):
     try:
         sd_img2img(sd_parts, _resize_unit(images, 32), c, uncond=sd_unconditional(sd_parts),
                    generator=image_generators(0, ids),
-                   sampler=Sampler(steps=5, strength=0.8, guidance_scale=5.0, eta=0.0, posterior="mean"))
+                   sampler=Sampler(steps=5, strength=0.8, guidance_scale=5.0, eta=0.0, posterior="mean",
+                                   init_noise="reference"))
     finally:
         h.remove()
     assert len(rec) == 4 and rec[0].shape[0] == 6  # [uncond; cond] of 3 images per call
@@ -354,7 +356,8 @@ def test_unet_extractor_hooks_named_block_at_named_step(small, sd_parts):
 
 def test_zc_runs_int_strength_steps_from_z(small, sd_parts):
     ids, images = _images(small, 3)
-    kw = dict(num_inference_steps=10, guidance_scale=5.0, eta=0.0, seed=0, c_features=small["sdc"])
+    kw = dict(num_inference_steps=10, guidance_scale=5.0, eta=0.0, seed=0, c_features=small["sdc"],
+              init_noise="reference")
     with h5py.File(small["sdz"], "r") as f:  # the images' rows of the sdz file (train or test split)
         z_rows = np.concatenate([f["train/features"][()], f["test/features"][()]])
         z_ids = np.concatenate([f["train/nsd_ids"][()], f["test/nsd_ids"][()]])

@@ -24,9 +24,10 @@ from brainrecon.models.diffusion import (
 torch.set_num_threads(1)
 
 
-def S(steps=50, strength=0.75, guidance_scale=7.5, eta=0.0, posterior="sample"):
+def S(steps=50, strength=0.75, guidance_scale=7.5, eta=0.0, posterior="sample", init_noise="consistent"):
     """A Sampler for these tests (the methods pass theirs from the config)."""
-    return Sampler(steps=steps, strength=strength, guidance_scale=guidance_scale, eta=eta, posterior=posterior)
+    return Sampler(steps=steps, strength=strength, guidance_scale=guidance_scale, eta=eta, posterior=posterior,
+                   init_noise=init_noise)
 
 
 def pipe(parts, unet=None):
@@ -167,22 +168,47 @@ def test_eta_adds_seeded_step_noise(vd, vd_inputs):
 
 
 # ----------------------------------------------------------------------------- loop semantics
-def test_init_is_noised_to_the_first_kept_timestep(sd):
-    """With eps == 0 DDIM rescales: final = sqrt(a_end) * (z0 + sqrt((1 - a_s) / a_s) * noise)."""
+@pytest.mark.parametrize("strength, init_noise, noised, first", [
+    (0.75, "reference", 741, 721),  # Brain-Diffuser's sampler: stochastic_encode at DDIM index 37, decode from 36
+    (0.75, "consistent", 721, 721),
+    (0.8, "reference", 801, 781),  # Takagi's: index 40, first step 781
+    (0.8, "consistent", 781, 781),
+    (1.0, "reference", 981, 981),  # no level above the grid: the first timestep
+])
+def test_init_noise_level(sd, strength, init_noise, noised, first):
+    """With eps == 0 DDIM only rescales: from x = sqrt(a_n) z0 + sqrt(1 - a_n) noise (n = the init level),
+    pred_x0 = x / sqrt(a_first) and the final latent = sqrt(a_end / a_first) x. The timesteps come from the
+    CompVis grid (1 + 20 k), independent of diffusers."""
     stub = StubUNet(lambda x, ctx: torch.zeros_like(x))
     init = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(9)) * 2 - 1
     res = img2img(pipe(sd, stub), init, torch.zeros(1, 77, 32), torch.zeros(1, 77, 32), generator=[5, 6],
-                  sampler=S(50, 0.75))
+                  sampler=S(50, strength, init_noise=init_noise))
+    n_keep = int(strength * 50)
+    assert res.timesteps[0] == first == _grid(50)[-n_keep] and res.noise_timestep == noised
+    if noised != first:
+        assert noised == _grid(50)[-n_keep - 1]  # one grid step above the first denoised timestep
     # the same draws, in the loop's order: posterior sample, then the forward-diffusion noise
     gens = make_generators([5, 6])
     z0 = vae_encode(sd.vae, init, gens)
     noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens])
     alphas = sd.scheduler.alphas_cumprod.double()
-    a_s = alphas[721]
+    a_n, a_first = alphas[noised], alphas[first]
     a_end = alphas[0]  # the step below t=1 has no timestep; set_alpha_to_one=False -> alphas_cumprod[0]
-    expected = a_end.sqrt() * (z0.double() + ((1 - a_s) / a_s).sqrt() * noise.double())
-    assert len(stub.inputs) == 37
+    x = a_n.sqrt() * z0.double() + (1 - a_n).sqrt() * noise.double()
+    expected = (a_end / a_first).sqrt() * x
+    assert len(stub.inputs) == n_keep
     assert torch.allclose(res.latents.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_methods_default_to_the_reference_noise_level():
+    """methods.braindiffuser / methods.takagi / encoding.img2img: init_noise defaults to the reference's."""
+    from brainrecon.schema import defaults
+
+    assert defaults("methods.braindiffuser")["init_noise"] == "reference"
+    assert defaults("methods.takagi")["init_noise"] == "reference"
+    assert defaults("encoding.img2img")["init_noise"] == "reference"
+    with pytest.raises(ValueError, match="init_noise"):
+        S(init_noise="diffusers")
 
 
 def test_init_latents_start_the_same_schedule_as_encoded_images(sd):

@@ -145,6 +145,9 @@ def test_forty_of_fifty_steps(models, preds):
         cnt.remove()
     assert cnt.calls == 40 and rec.num_steps == 40
     assert len(rec.timesteps) == 40
+    # the reference sampler's start (default init_noise: reference): noised to 801, first step at 781
+    assert rec.schedule.noise_timestep == 801 and rec.timesteps[0] == 781
+    assert T.output_attrs("zc", "01", settings(steps=50), rec)["noise_timestep"] == 801
     assert cnt.inputs[0].shape[0] == 2  # CFG: unconditional + conditional
     assert T.num_denoising_steps("zc", 50, 0.8) == 40 and T.num_denoising_steps("c", 50, 0.8) == 50
     # c only: pure noise over the whole grid

@@ -107,6 +107,7 @@ class Img2ImgRun:
     eta: float
     seed: int
     image_size: int
+    init_noise: str
 
     def __post_init__(self):
         if int(self.seed) < 0 or int(self.image_size) < 8:
@@ -117,7 +118,8 @@ class Img2ImgRun:
         from ..models.diffusion import Sampler
 
         return Sampler(steps=int(self.num_inference_steps), strength=float(self.strength),
-                       guidance_scale=float(self.guidance_scale), eta=float(self.eta), posterior="mean")
+                       guidance_scale=float(self.guidance_scale), eta=float(self.eta), posterior="mean",
+                       init_noise=self.init_noise)
 
 
 class _Img2ImgExtractor:
@@ -136,6 +138,7 @@ class _Img2ImgExtractor:
         self.settings = {
             "strength": self.strength, "num_inference_steps": self.steps, "denoising_steps": self.n_run,
             "guidance_scale": self.guidance, "eta": self.eta, "seed": self.seed, "image_size": self.size,
+            "init_noise": run.init_noise,
             "c_features": str(self.c_table.path), "c_space": self.c_table.space,
             "init_latent": "VAE posterior mean x scaling_factor of the image (PIL Lanczos to image_size) = sdz",
             "noise": "one CPU generator per image seeded by SeedSequence([seed, nsdId])",

@@ -117,7 +117,7 @@ SPACE_WILDCARD = "|".join([re.escape(s) for s in SPACES] + [PARAMETRIC_RE])
 #: SD components the zc / U-Net spaces load
 IMG2IMG_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 #: settings of encoding.img2img that change the zc / U-Net features (batch_size does not)
-IMG2IMG_KEYS = ("num_inference_steps", "guidance_scale", "eta", "seed", "image_size")
+IMG2IMG_KEYS = ("num_inference_steps", "guidance_scale", "eta", "seed", "image_size", "init_noise")
 #: encoding.unet settings of the U-Net spaces -> their option names
 UNET_KEYS = {"strength": "unet_strength", "pool": "pool", "storage_dtype": "storage_dtype"}
 

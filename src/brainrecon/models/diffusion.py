@@ -11,26 +11,30 @@ two small adapters, :func:`img2img` is the loop, :class:`Sampler` its settings:
    take z0 as given (no encoding, no posterior draw);
 2. ``scheduler.set_timesteps(steps)`` and keep the last ``int(strength * steps)`` timesteps —
    the reference truncation (strength 0.75 of 50 -> 37 steps, 0.8 of 50 -> 40);
-3. noise z0 to the first kept timestep (``scheduler.add_noise``);
+3. noise z0 to the init level (``scheduler.add_noise``; :attr:`Sampler.init_noise`): ``"reference"``
+   = one grid step above the first kept timestep, as the CompVis/VD reference samplers do
+   (``stochastic_encode`` at DDIM index ``t_enc``, then ``decode`` from index ``t_enc - 1``: Brain-Diffuser
+   noises to t = 741 and denoises from 721, Takagi noises to 801 and denoises from 781); ``"consistent"`` =
+   the first kept timestep itself (diffusers' img2img; the noise level matches the first denoising step);
 4. for each kept timestep: one UNet call on [uncond; cond] stacked in the batch,
    eps = eps_u + guidance_scale (eps_c - eps_u), DDIM step (eta; with eta > 0 the step
    noise is drawn per image from its generator);
 5. decode with the VAE -> images in [0, 1].
 
 Starting from given latents (``init_latents``): steps 2-5 are unchanged, so z0 is noised to
-the first kept timestep t1 as an encoded image would be, x_t1 = sqrt(ᾱ_t1) z0 + sqrt(1 - ᾱ_t1) ε,
+the init level t0 as an encoded image would be, x = sqrt(ᾱ_t0) z0 + sqrt(1 - ᾱ_t0) ε,
 and then denoised for the same ``int(strength * steps)`` steps. With standard-normal
-z0 (:func:`random_latents`, drawn from the images' own generators before the loop) x_t1 is exactly
-N(0, I) at any strength: a start from pure Gaussian noise (Brain-Diffuser's ``no_vdvae``, Takagi's
+z0 (:func:`random_latents`, drawn from the images' own generators before the loop) x is exactly
+N(0, I) at any level: a start from pure Gaussian noise (Brain-Diffuser's ``no_vdvae``, Takagi's
 ``c``). The loop's first draw from generator i is then ε (the posterior draw is skipped).
 
 Determinism: every random draw of image i comes from generator i (CPU generators by
 default, so results do not depend on the device's RNG), so a batch gives the same images
 as running each image alone with its own seed.
 
-Note: the CompVis/VD reference samplers noise z0 to DDIM level ``t_enc`` and start
-denoising at level ``t_enc - 1`` (off by one); diffusers and this loop noise to the first
-denoised timestep. Both run the same number of steps.
+At strength 1 (every grid timestep kept) there is no level above the grid: the reference code fails
+there (index ``t_enc`` = steps is past its DDIM table), so both settings noise to the first timestep.
+Either way the same number of steps is run.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from ..randomness import per_row_noise
 from .vd import images_to_unit_tensor
 
 POSTERIORS = ("sample", "mean")
+#: init noise level: one grid step above the first kept timestep (the reference samplers) or at it
+INIT_NOISE = ("reference", "consistent")
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,8 @@ class Sampler:
     ``int(strength * steps)`` timesteps (reference truncation; 0 runs none and decodes z0);
     guidance_scale: classifier-free guidance weight (``<= 1``: the conditional branch only);
     eta: DDIM eta (0 = deterministic steps); posterior: ``"sample"`` (one VAE posterior draw per
-    init image, as the reference samplers) or ``"mean"`` (no randomness) for encoded init images.
+    init image, as the reference samplers) or ``"mean"`` (no randomness) for encoded init images;
+    init_noise: the level the init latent is noised to (:data:`INIT_NOISE`, module docstring step 3).
     """
 
     steps: int
@@ -65,6 +72,7 @@ class Sampler:
     guidance_scale: float
     eta: float
     posterior: str
+    init_noise: str
 
     def __post_init__(self):
         if int(self.steps) < 1:
@@ -75,6 +83,8 @@ class Sampler:
             raise ValueError(f"guidance_scale and eta must be >= 0, got {self.guidance_scale}, {self.eta}")
         if self.posterior not in POSTERIORS:
             raise ValueError(f"posterior must be one of {POSTERIORS}, got {self.posterior!r}")
+        if self.init_noise not in INIT_NOISE:
+            raise ValueError(f"init_noise must be one of {INIT_NOISE}, got {self.init_noise!r}")
 
     @property
     def num_steps(self) -> int:
@@ -86,12 +96,14 @@ class Sampler:
 class Img2ImgResult:
     """images: (B, 3, H, W) float32 in [0, 1] on CPU; latents: final latents (B, C, h, w)
     float32 on CPU (scaled, before decoding); num_steps: denoising steps run (UNet calls);
-    timesteps: the scheduler timesteps run, first = the noise level of the init latents."""
+    timesteps: the scheduler timesteps run; noise_timestep: the level the init latents were noised to
+    (``None`` when no step ran)."""
 
     images: torch.Tensor
     latents: torch.Tensor
     num_steps: int
     timesteps: list[int]
+    noise_timestep: int | None = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -201,6 +213,20 @@ def kept_timesteps(scheduler, sampler: Sampler, device=None) -> torch.Tensor:
     timesteps = scheduler.timesteps
     n_keep = sampler.num_steps  # reference truncation (not rounding)
     return timesteps[len(timesteps) - n_keep:] if n_keep > 0 else timesteps[:0]
+
+
+def init_noise_timestep(scheduler, sampler: Sampler, device=None) -> torch.Tensor | None:
+    """The timestep the init latents are noised to (after :func:`kept_timesteps` set the grid):
+    ``"reference"``: the grid timestep before the first kept one (one step noisier), or the first kept one
+    when every timestep is kept; ``"consistent"``: the first kept one. ``None`` when no step runs."""
+    timesteps = scheduler.timesteps
+    n_keep = sampler.num_steps
+    if n_keep <= 0:
+        return None
+    first = len(timesteps) - n_keep
+    if sampler.init_noise == "reference" and first > 0:
+        first -= 1
+    return timesteps[first : first + 1].to(device) if device is not None else timesteps[first : first + 1]
 
 
 def _as_kwargs(cond, batch: int, what: str) -> dict[str, torch.Tensor]:
@@ -315,10 +341,11 @@ def img2img(
     else:
         latents = vae_encode(vae, x, gens, sample=sampler.posterior == "sample")
     timesteps = kept_timesteps(scheduler, sampler, device=device)
+    t_noise = init_noise_timestep(scheduler, sampler, device=device)
     n_steps = 0
     if len(timesteps):
         noise = per_row_noise(gens, tuple(latents.shape[1:]), device)
-        latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(batch))
+        latents = scheduler.add_noise(latents, noise, t_noise.repeat(batch))
         for t in tqdm(timesteps, desc="img2img", disable=not progress):
             model_in = torch.cat([latents, latents]) if do_cfg else latents
             model_in = scheduler.scale_model_input(model_in, t)
@@ -341,6 +368,7 @@ def img2img(
         latents=latents.float().cpu(),
         num_steps=n_steps,
         timesteps=[int(t) for t in timesteps],
+        noise_timestep=None if t_noise is None else int(t_noise[0]),
     )
 
 

@@ -222,19 +222,42 @@ def load_components(folders: Mapping[str, str | None], device: str, dtype: str, 
 
 
 # ----------------------------------------------------------------------------- 3. batches
+@dataclass(frozen=True)
+class Schedule:
+    """What the diffusion of one image ran: ``num_steps`` denoising steps at ``timesteps``, from init latents
+    noised to ``noise_timestep`` (``None``: no diffusion ran)."""
+
+    num_steps: int = 0
+    timesteps: tuple = ()
+    noise_timestep: int | None = None
+
+    @classmethod
+    def of(cls, result) -> "Schedule":
+        """From a :class:`brainrecon.models.diffusion.Img2ImgResult`."""
+        return cls(int(result.num_steps), tuple(int(t) for t in result.timesteps), result.noise_timestep)
+
+
 @dataclass
 class Reconstruction:
     """One run's result: images (n, S, S, 3) — or (n, samples, S, S, 3) — uint8; stage1 (the coarse
-    images the diffusion started from) or None; keys (nsdIds or ROI names); seeds; num_steps (denoising
-    steps per image) and timesteps; datasets: further per-image outputs (captions, depth maps)."""
+    images the diffusion started from) or None; keys (nsdIds or ROI names); seeds; schedule (the same
+    for every image: denoising steps, timesteps, init noise level); datasets: further per-image outputs
+    (captions, depth maps)."""
 
     images: np.ndarray
     stage1: np.ndarray | None
     keys: list
     seeds: np.ndarray
-    num_steps: int
-    timesteps: list[int]
+    schedule: Schedule
     datasets: dict = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return self.schedule.num_steps
+
+    @property
+    def timesteps(self) -> list[int]:
+        return list(self.schedule.timesteps)
 
 
 class BatchOutputs:
@@ -267,25 +290,25 @@ class BatchOutputs:
 
 def run_batches(n: int, chunk: int, step: Callable[[int, int], tuple], *, sink=None, keep: bool = True,
                 desc: str = "reconstruct", progress: bool = True):
-    """Run ``step(i0, i1) -> (images, stage1 | None, steps run, timesteps)`` over ``range(0, n, chunk)``.
+    """Run ``step(i0, i1) -> (images, stage1 | None, Schedule)`` over ``range(0, n, chunk)``.
 
     Every chunk's outputs go to ``sink`` (and are kept with ``keep``); every chunk must run the same
-    number of denoising steps. Returns ``(BatchOutputs, num_steps, timesteps)``.
+    schedule. Returns ``(BatchOutputs, Schedule)``.
     """
     from tqdm.auto import tqdm
 
     if n == 0:
         raise ValueError("nothing to reconstruct: no images")
     outputs = BatchOutputs(sink, keep)
-    num_steps, timesteps = None, []
+    schedule = None
     for i0 in tqdm(range(0, n, chunk), desc=desc, disable=not progress):
         i1 = min(i0 + chunk, n)
-        images, stage1, steps_run, ts = step(i0, i1)
-        if num_steps is not None and steps_run != num_steps:
-            raise RuntimeError(f"the chunk at {i0} ran {steps_run} denoising steps, earlier chunks {num_steps}")
-        num_steps, timesteps = steps_run, (ts if ts else timesteps)
+        images, stage1, ran = step(i0, i1)
+        if schedule is not None and ran != schedule:
+            raise RuntimeError(f"the chunk at {i0} ran {ran}, earlier chunks {schedule}")
+        schedule = ran
         outputs.add(i0, images, stage1)
-    return outputs, int(num_steps or 0), list(timesteps)
+    return outputs, schedule
 
 
 # ----------------------------------------------------------------------------- 4. atomic write
@@ -378,5 +401,5 @@ def write_reconstruction(out_h5, png_dir, keys: Sequence, layout: Layout, run: C
 
 
 __all__ = ["subject_code", "derive_seed", "generators", "upsample", "to_uint8", "png_name",
-           "finite", "rows_of", "Predictions", "open_predictions", "read_extra", "load_components", "Reconstruction",
+           "finite", "rows_of", "Predictions", "open_predictions", "read_extra", "load_components", "Reconstruction", "Schedule",
            "BatchOutputs", "run_batches", "image_outputs", "Layout", "write_reconstruction"]

@@ -103,6 +103,7 @@ from tqdm.auto import tqdm
 from ..run import (
     Layout,
     Reconstruction,
+    Schedule,
     derive_seed,
     generators,
     load_components,
@@ -202,7 +203,7 @@ def run_stage2(parts, init_images, text_ctx, image_ctx, seeds: Sequence[int], se
     generator ``derive_seed(seed, 2)``); settings: steps, strength, guidance_scale;
     text_weight: dual-guidance ``mix_ratio``; uncond: (text, image) unconditional contexts
     (CLIP("") / CLIP(grey), :func:`brainrecon.models.vd.vd_unconditional`).
-    Returns (images (b, S, S, 3) uint8, denoising steps run, timesteps).
+    Returns (images (b, S, S, 3) uint8, the :class:`~brainrecon.reconstruct.run.Schedule` run).
     """
     from ...models.diffusion import Sampler, random_latents, vd_img2img
 
@@ -230,10 +231,11 @@ def run_stage2(parts, init_images, text_ctx, image_ctx, seeds: Sequence[int], se
     else:
         raise ValueError(f"stage-2 init must be 'stage1' or 'noise', got {init!r}")
     sampler = Sampler(steps=int(settings.steps), strength=float(settings.strength),
-                      guidance_scale=float(settings.guidance_scale), eta=0.0, posterior="sample")
+                      guidance_scale=float(settings.guidance_scale), eta=0.0, posterior="sample",
+                      init_noise=settings.init_noise)
     res = vd_img2img(parts, init_in, text, image, mix_ratio=float(text_weight), uncond=uncond, generator=gens,
                      sampler=sampler, init_latents=init_lat)
-    return to_uint8(res.images), int(res.num_steps), list(res.timesteps)
+    return to_uint8(res.images), Schedule.of(res)
 
 
 # ----------------------------------------------------------------------------- the method
@@ -285,19 +287,17 @@ def reconstruct(variant: str, keys: Sequence, subject, settings: Settings, *, mo
         if spec.stage1:
             stage1 = decode_stage1(vdvae_model, _rows(inputs["vdvae"], i0, i1), s, settings.vdvae_temperature)
         if not spec.stage2:
-            return upsample(stage1, settings.image_size), stage1, 0, []
+            return upsample(stage1, settings.image_size), stage1, Schedule()
         b = i1 - i0
         text = _rows(inputs["cliptext"], i0, i1) if "cliptext" in spec.needs else _zeros_like_ctx(text_shape, b)
         image = _rows(inputs["clipvision"], i0, i1) if "clipvision" in spec.needs else _zeros_like_ctx(image_shape, b)
         init = upsample(stage1, settings.image_size) if spec.init == "stage1" else settings.image_size
-        images, steps_run, timesteps = run_stage2(vd_parts, init, text, image, s, settings, spec.text_weight,
-                                                  spec.init, uncond)
-        return images, stage1, steps_run, timesteps
+        images, schedule = run_stage2(vd_parts, init, text, image, s, settings, spec.text_weight, spec.init, uncond)
+        return images, stage1, schedule
 
-    outputs, num_steps, timesteps = run_batches(n, int(settings.batch_size), step, sink=sink, keep=keep,
-                                                desc=f"braindiffuser {variant}", progress=progress)
-    return Reconstruction(images=outputs.images, stage1=outputs.stage1, keys=keys, seeds=seeds,
-                          num_steps=num_steps, timesteps=timesteps)
+    outputs, schedule = run_batches(n, int(settings.batch_size), step, sink=sink, keep=keep,
+                                    desc=f"braindiffuser {variant}", progress=progress)
+    return Reconstruction(images=outputs.images, stage1=outputs.stage1, keys=keys, seeds=seeds, schedule=schedule)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -329,6 +329,7 @@ def output_attrs(variant: str, subject, settings: Settings, rec: Reconstruction)
         "effective_text_weight": -1.0 if spec.text_weight is None else float(spec.text_weight),
         "num_denoising_steps": int(rec.num_steps),
         "timesteps": np.asarray(rec.timesteps, dtype=np.int64),
+        "noise_timestep": -1 if rec.schedule.noise_timestep is None else int(rec.schedule.noise_timestep),
         "eta": 0.0,
         "seed_derivation": "image seed = derive_seed(seed, subject code (avg=0), nsdId | 2^32+crc32(roi)); "
                            "stage 1 Generator(derive_seed(s, 1)), stage 2 Generator(derive_seed(s, 2))",

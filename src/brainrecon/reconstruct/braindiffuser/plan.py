@@ -32,6 +32,8 @@ class Settings:
     vdvae_temperature: prior temperature of the VDVAE blocks without a predicted latent.
     steps, strength: DDIM grid and the fraction run (``int(strength · steps)`` steps).
     guidance_scale: classifier-free guidance weight.
+    init_noise: the init latent's noise level (``reference``: t = 741 for 37 of 50 steps, the reference
+    sampler; ``consistent``: 721, the first denoised timestep; :class:`brainrecon.models.diffusion.Sampler`).
     text_weight: dual-guidance weight of CLIP-text (vision gets ``1 - text_weight``).
     image_size: stage-2 / output image side in pixels (the stage-1 image is upsampled to it).
     batch_size: images per stage-2 call. seed: base of every image's seed.
@@ -41,6 +43,7 @@ class Settings:
     steps: int
     strength: float
     guidance_scale: float
+    init_noise: str
     text_weight: float
     image_size: int
     batch_size: int
@@ -126,7 +129,7 @@ def variant_settings(name: str, settings: Mapping) -> dict:
     if spec.stage1:
         keys += ["vdvae_temperature"]
     if spec.stage2:
-        keys += ["steps", "strength", "guidance_scale"]
+        keys += ["steps", "strength", "guidance_scale", "init_noise"]
         if name in ("full", "no_vdvae"):
             keys += ["text_weight"]
     missing = [k for k in keys if k not in settings]

@@ -88,6 +88,7 @@ import torch
 from ..run import (
     Layout,
     Reconstruction,
+    Schedule,
     derive_seed,
     finite,
     generators,
@@ -148,8 +149,8 @@ def run_img2img(parts, spec: VariantSpec, settings: Settings, init_images, text_
 
     init_images: (b, S, S, 3) uint8 X_z (ignored but sized for ``init="noise"``);
     text_ctx: (b, 77, D) float context; seeds: one per item; depth: (b, 1, h, w) for SD2-depth;
-    uncond: the empty-prompt context (computed if None). Returns (images (b, S, S, 3) uint8,
-    steps run, timesteps).
+    uncond: the empty-prompt context (computed if None). Returns (images (b, S, S, 3) uint8, the
+    :class:`~brainrecon.reconstruct.run.Schedule` run).
     """
     from ...models.diffusion import Sampler, random_latents, sd_img2img, vae_factor
 
@@ -187,10 +188,10 @@ def run_img2img(parts, spec: VariantSpec, settings: Settings, init_images, text_
     if uncond is None and guidance > 1.0:
         uncond = _empty_context(parts)
     sampler = Sampler(steps=int(settings.steps), strength=float(strength), guidance_scale=float(guidance),
-                      eta=float(settings.eta), posterior="sample")
+                      eta=float(settings.eta), posterior="sample", init_noise=settings.init_noise)
     res = sd_img2img(parts, init_in, text, uncond=uncond, generator=gens, sampler=sampler,
                      extra_latent_channels=extra, init_latents=init_lat)
-    return to_uint8(res.images), int(res.num_steps), list(res.timesteps)
+    return to_uint8(res.images), Schedule.of(res)
 
 
 # ----------------------------------------------------------------------------- the method
@@ -259,28 +260,28 @@ def reconstruct(variant: str, nsd_ids: Sequence[int], subject, settings: Setting
         item_img = np.repeat(np.arange(k), ns)
         item_seed = seeds[i0:i1].reshape(-1)
         imgs = np.empty((k * ns, S, S, 3), np.uint8)
-        steps_seen, timesteps = None, []
+        seen = None
         for j0 in range(0, k * ns, settings.batch_size):
             sel = item_img[j0:j0 + settings.batch_size]
-            res, steps_run, ts = run_img2img(
+            res, schedule = run_img2img(
                 parts, spec, settings, init[sel], text[sel], item_seed[j0:j0 + settings.batch_size],
                 depth=None if dep is None else dep[sel], uncond=uncond,
             )
             imgs[j0:j0 + len(sel)] = res
-            if steps_seen is not None and steps_run != steps_seen:
-                raise RuntimeError(f"a batch ran {steps_run} steps, earlier batches {steps_seen}")
-            steps_seen, timesteps = steps_run, ts
-        return imgs.reshape(k, ns, S, S, 3), stage1, steps_seen, timesteps
+            if seen is not None and schedule != seen:
+                raise RuntimeError(f"a batch ran {schedule}, earlier batches {seen}")
+            seen = schedule
+        return imgs.reshape(k, ns, S, S, 3), stage1, seen
 
-    outputs, num_steps, timesteps = run_batches(n, max(1, settings.batch_size // ns), step, sink=sink, keep=keep,
-                                                desc=f"takagi {variant}", progress=progress)
+    outputs, schedule = run_batches(n, max(1, settings.batch_size // ns), step, sink=sink, keep=keep,
+                                    desc=f"takagi {variant}", progress=progress)
     datasets = {}
     if spec.text == "caption":
         datasets["captions"] = [str(t) for t in captions]
     if spec.depth:
         datasets["depth"] = np.asarray(depth[0:n], dtype=np.float32)
     return Reconstruction(images=outputs.images, stage1=outputs.stage1, keys=ids.tolist(), seeds=seeds,
-                          num_steps=num_steps, timesteps=timesteps, datasets=datasets)
+                          schedule=schedule, datasets=datasets)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -294,7 +295,9 @@ def layout(spec: VariantSpec, settings: Settings) -> Layout:
 def output_attrs(variant: str, subject, settings: Settings, rec: Reconstruction) -> dict:
     spec = variant_spec(variant)
     return dict(method=METHOD, variant=variant, subject=str(subject), num_steps=rec.num_steps,
-                timesteps=json.dumps(rec.timesteps), variant_spec=json.dumps(dataclasses.asdict(spec)),
+                timesteps=json.dumps(rec.timesteps),
+                noise_timestep=-1 if rec.schedule.noise_timestep is None else int(rec.schedule.noise_timestep),
+                variant_spec=json.dumps(dataclasses.asdict(spec)),
                 settings=json.dumps(settings.as_dict()), model=spec.model,
                 seed_rule="derive_seed(seed, subject, nsdId, sample)")
 

@@ -36,6 +36,8 @@ class Settings:
 
     steps, strength: DDIM grid and the fraction run (``int(strength · steps)`` = 40 steps).
     guidance_scale: classifier-free guidance weight (5.0); eta: DDIM eta (0).
+    init_noise: the init latent's noise level (``reference``: t = 801 for 40 of 50 steps, the reference
+    sampler; ``consistent``: 781, the first denoised timestep; :class:`brainrecon.models.diffusion.Sampler`).
     n_samples: samples per test image (5). image_size: img2img / output side in pixels (512).
     batch_size: image-samples per UNet batch. seed: base of every sample's seed.
     """
@@ -44,6 +46,7 @@ class Settings:
     strength: float
     guidance_scale: float
     eta: float
+    init_noise: str
     n_samples: int
     image_size: int
     batch_size: int
@@ -131,7 +134,7 @@ def num_denoising_steps(variant: str, steps: int, strength: float) -> int:
 
 #: settings that do not change a variant's images (left out of its rule params, so no rerun)
 _IRRELEVANT = {
-    "c": ("strength",),  # pure-noise init runs the full schedule
+    "c": ("strength", "init_noise"),  # pure-noise init runs the full schedule (no level above the grid)
     "z": ("guidance_scale",),  # conditional context == unconditional context
 }
 #: settings that change numbers but not which numbers (batching: each sample has its own generator)
