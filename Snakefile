@@ -19,7 +19,7 @@ include: "workflow/rules/common.smk"
 
 wildcard_constraints:
     subject=r"\d\d",
-    voxels=r"nsdgeneral|brainmask",
+    voxels="|".join(nsd_plan.VOXEL_SETS),
 
 
 include: "workflow/rules/download.smk"

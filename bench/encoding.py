@@ -79,7 +79,8 @@ def main(argv=None) -> int:
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.synchronize()
         t = time.perf_counter()
-        settings = FitSettings(n_components=args.n_components, alphas=alphas, cv=args.cv, backend=args.backend,
+        settings = FitSettings(n_components=args.n_components, alphas=alphas, cv=args.cv, cv_score="l2_neg_loss",
+                               backend=args.backend,
                                train_on="single_trial", standardize_X=False, q=0.05, target_batch=args.target_batch,
                                roi_files=())
         res = encoding_analysis(Xtr, Ytr_s, Xte, Yte_s, settings, progress=False)

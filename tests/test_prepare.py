@@ -277,6 +277,9 @@ def test_planted_signal_recovered(synth, prepared):
     p = prepared["train_zscore"]
     ijk0, group, ids, drive = planted_drive(root, SUBJECT)
     lut = {tuple(v): i for i, v in enumerate(p["voxels/ijk"].tolist())}
+    inside = np.array([tuple(v) in lut for v in ijk0.tolist()])  # planted voxels of this (nsdgeneral) set
+    assert 0 < inside.sum() < len(inside)  # the streams' rim beyond nsdgeneral is planted too
+    ijk0, group, drive = ijk0[inside], group[inside], drive[:, inside]
     cols = np.array([lut[tuple(v)] for v in ijk0.tolist()])
     rows = np.searchsorted(ids, p["test/nsd_ids"])
     assert (ids[rows] == p["test/nsd_ids"]).all()
@@ -396,6 +399,24 @@ def test_brainmask_voxel_set(synth, prepared, tmp_path):
     lut = {tuple(v): i for i, v in enumerate(d["voxels/ijk"].tolist())}
     cols = [lut[tuple(v)] for v in ref["voxels/ijk"].tolist()]
     np.testing.assert_array_equal(d["train/betas"][:, cols], ref["train/betas"])
+
+
+def test_streams_voxel_set_is_the_whole_volume_streams(synth, prepared, tmp_path):
+    """voxels="streams": every voxel with a streams label, also outside nsdgeneral (Takagi's make_subjmri.py
+    takes the labels over the whole volume); rois/nsdgeneral tells which are inside."""
+    root, _ = synth
+    d = read_all(run_prepare(root, tmp_path / "st.h5", voxels="streams", normalise="none"))
+    st = np.asanyarray(nib.load(root / layout.roi_key(SUBJECT, "streams")).dataobj)
+    ng = np.asanyarray(nib.load(root / layout.roi_key(SUBJECT, "nsdgeneral")).dataobj)
+    np.testing.assert_array_equal(d["voxels/ijk"], np.argwhere(st > 0))
+    assert d["attrs"]["voxels"] == "streams"
+    np.testing.assert_array_equal(d["rois/nsdgeneral"], ng[tuple(np.argwhere(st > 0).T)])
+    assert (d["rois/nsdgeneral"] == 0).sum() > 0 and (d["rois/nsdgeneral"] == 1).sum() > 0
+    # the voxels shared with the nsdgeneral set have the same betas
+    ref = prepared["none"]
+    lut = {tuple(v): i for i, v in enumerate(ref["voxels/ijk"].tolist())}
+    both = [(i, lut[tuple(v)]) for i, v in enumerate(d["voxels/ijk"].tolist()) if tuple(v) in lut]
+    np.testing.assert_array_equal(d["train/betas"][:, [a for a, _ in both]], ref["train/betas"][:, [b for _, b in both]])
 
 
 # --------------------------------------------------------------------------- readers

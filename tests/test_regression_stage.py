@@ -154,3 +154,89 @@ def test_average_subjects_over_common_images(tmp_path):
             np.testing.assert_allclose(f["pred"][row], expect, rtol=1e-6)
             np.testing.assert_allclose(f["pred_restd"][row], 2 * expect, rtol=1e-6)
         assert f["extra/roi_V1"].shape == (1, 2, 3)
+
+
+# ----------------------------------------------------------------------------- Takagi's reference fit
+def _takagi_toy(tmp_path, mean=3.0):
+    """Features with a non-zero mean (so an intercept matters), three single trials per training image."""
+    rng = np.random.default_rng(7)
+    shape = (2, 5)
+    D = int(np.prod(shape))
+    table = rng.standard_normal((1000, D)) * rng.uniform(0.5, 2.0, D) + mean
+    # half of the features drive the voxels strongly, half not at all: CV picks different alphas per target
+    W = rng.standard_normal((D, 40)) * np.r_[np.full(D // 2, 3.0), np.zeros(D - D // 2)][:, None]
+    prep = tmp_path / "prep.h5"
+    ids_train, ids_test = _write_prepared(prep, rng, n_train=50, n_test=10, reps=3, W=W, feat_fn=lambda i: table[i])
+    with h5py.File(prep, "a") as f:  # voxels 0..14 inside nsdgeneral, the rest outside
+        f["rois/nsdgeneral"] = (np.arange(40) < 15).astype(np.int16)
+    feats = tmp_path / "feat.h5"
+    _write_features(feats, {"train": ids_train, "test": ids_test}, lambda i: table[i], shape)
+    return prep, feats, table, shape
+
+
+@pytest.mark.parametrize("cv_score", ["l2_neg_loss"])
+def test_takagi_fit_equals_himalaya_ridgecv_without_intercept(tmp_path, cv_score):
+    """The reference (codes/utils/ridge.py), computed independently: StandardScaler on the single-trial X,
+    himalaya RidgeCV(alphas) with its defaults (fit_intercept=False, cv=5 unshuffled folds, l2_neg_loss,
+    one alpha per target), predicting the averaged test betas. Our fit with fit_intercept false equals it."""
+    from himalaya.backend import set_backend
+    from himalaya.ridge import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    prep, feats, table, shape = _takagi_toy(tmp_path)
+    alphas = [1e-2, 1.0, 1e2, 1e4]
+    out = tmp_path / "ours.h5"
+    fit_space(prep, feats, out, SpaceFit.build(alphas=alphas, cv=5, cv_score=cv_score, train_on="single_trial",
+                                               voxels={"streams": ["early"]}, restandardise=False,
+                                               fit_intercept=False), progress=False)
+    with h5py.File(prep, "r") as f:
+        early = f["rois/streams"][()] == 1
+        X, trial_ids = f["trials/betas"][()][:, early].astype(np.float64), f["trials/nsd_ids"][()]
+        Xt = f["test/betas"][()][:, early].astype(np.float64)
+    Y = table[trial_ids]  # the image's features repeated per trial, in trial order
+    set_backend("numpy", on_error="raise")
+    ref = make_pipeline(StandardScaler(with_mean=True, with_std=True), RidgeCV(alphas=alphas)).fit(X, Y)
+    expect = ref.predict(Xt)
+    assert not ref[-1].fit_intercept and ref[-1].cv == 5  # the defaults the reference relied on
+    with h5py.File(out, "r") as f:
+        pred = f["pred"][()].reshape(len(Xt), -1)
+        got_alphas = f["alphas"][()].reshape(-1)
+        assert not f.attrs["fit_intercept"]
+    np.testing.assert_allclose(got_alphas, np.asarray(ref[-1].best_alphas_), rtol=1e-9)
+    assert len(set(got_alphas.tolist())) > 1  # the toy exercises the per-target choice
+    np.testing.assert_allclose(pred, expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
+    # no training mean: the prediction of the mean test pattern is ~0, not the features' mean of 3
+    assert abs(pred.mean()) < 1.0 < abs(table.mean())
+
+
+def test_fit_intercept_adds_the_training_mean_back(tmp_path):
+    prep, feats, table, shape = _takagi_toy(tmp_path)
+    preds = {}
+    for fi in (False, True):
+        out = tmp_path / f"fi{fi}.h5"
+        fit_space(prep, feats, out, SpaceFit.build(alphas=[1e6], train_on="single_trial", restandardise=False,
+                                                   fit_intercept=fi), progress=False)
+        with h5py.File(out, "r") as f:
+            preds[fi] = f["pred"][()]
+    # a huge alpha shrinks the weights to 0: the prediction is the intercept (train mean) or 0
+    with h5py.File(prep, "r") as f:
+        train_mean = table[f["trials/nsd_ids"][()]].mean(0)
+    np.testing.assert_allclose(preds[True].mean(0).reshape(-1), train_mean, rtol=1e-3)
+    assert np.abs(preds[False]).max() < 1e-2
+
+
+def test_fit_logs_and_records_voxels_inside_and_outside_nsdgeneral(tmp_path, caplog):
+    import json
+    import logging
+
+    prep, feats, _, _ = _takagi_toy(tmp_path)
+    out = tmp_path / "o.h5"
+    with caplog.at_level(logging.INFO, logger="brainrecon.regression.stage"):
+        fit_space(prep, feats, out, SpaceFit.build(alphas=[1.0], train_on="single_trial", restandardise=False,
+                                                   voxels={"streams": ["early", "ventral"]}), progress=False)
+    with h5py.File(out, "r") as f:
+        counts = json.loads(f.attrs["voxel_counts"])
+    # early = voxels 0..19, ventral = 20..39; nsdgeneral = 0..14
+    assert counts == {"streams:early": {"inside": 15, "outside": 5}, "streams:ventral": {"inside": 0, "outside": 20}}
+    assert "voxels streams:early" in caplog.text and "15 inside nsdgeneral, 5 outside" in caplog.text

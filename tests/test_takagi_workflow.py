@@ -151,6 +151,15 @@ def test_config_regression_settings_follow_the_papers():
     for s in ("sdz", "sdc", "blip", "dpt"):
         assert sp[s]["train_on"] == "single_trial" and sp[s]["restandardise"] is False
         assert set(sp[s]["voxels"]["streams"]) <= set(layout.LABEL_TABLES["streams"].values())
+        # himalaya RidgeCV's defaults (no intercept, -MSE fold score) and the whole-volume streams labels
+        assert sp[s]["fit_intercept"] is False and sp[s]["prepared"] == "streams"
+    assert cfg["regression"]["cv_score"] == "l2_neg_loss" and cfg["regression"]["cv"] == 5
+    for s in ("vdvae", "clipvision", "cliptext"):  # Brain-Diffuser: sklearn Ridge with intercept, nsdgeneral
+        assert sp[s]["fit_intercept"] is True and sp[s]["prepared"] == "nsdgeneral"
+    from brainrecon.regression import plan as regression_plan
+
+    assert regression_plan.inputs(cfg, "sdc", "01")["prepared"] == "results/prepared/streams/subj01.h5"
+    assert regression_plan.inputs(cfg, "vdvae", "01")["prepared"] == "results/prepared/nsdgeneral/subj01.h5"
     tn = cfg["methods"]["takagi"]
     assert (tn["steps"], tn["strength"], tn["guidance_scale"], tn["eta"], tn["n_samples"], tn["image_size"]) == (
         50, 0.8, 5.0, 0.0, 5, 512)

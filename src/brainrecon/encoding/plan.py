@@ -38,7 +38,8 @@ class FitSettings:
     """Every setting that changes a map's statistics (the ``encoding`` config section).
 
     n_components: PCA components fitted on the training images (None: no PCA); alphas, cv: ridge
-    penalties (several: one per voxel by CV grouped by image); backend: himalaya backend of the ridge
+    penalties (several: one per voxel by CV grouped by image); cv_score: how the folds score an alpha
+    (``l2_neg_loss``, himalaya's default, or ``r2``); backend: himalaya backend of the ridge
     and PCA; train_on: ``single_trial`` or ``averaged``; standardize_X: z-score the PCA scores;
     q: BH-FDR level; target_batch: voxels per ridge batch; roi_files: ROI files summarised.
     """
@@ -46,6 +47,7 @@ class FitSettings:
     n_components: int | None
     alphas: tuple[float, ...]
     cv: int
+    cv_score: str
     backend: str
     train_on: str
     standardize_X: bool
@@ -74,7 +76,7 @@ def fit_settings(config: Mapping) -> dict:
     reruns the fits)."""
     e = config["encoding"]
     return {
-        "n_components": e["n_components"], "alphas": list(e["alphas"]), "cv": e["cv"],
+        "n_components": e["n_components"], "alphas": list(e["alphas"]), "cv": e["cv"], "cv_score": e["cv_score"],
         "backend": backend(config), "train_on": e["train_on"], "standardize_X": e["standardize_X"],
         "q": e["q"], "target_batch": e["target_batch"], "roi_files": list(e["roi_files"]),
     }

@@ -20,7 +20,9 @@ STIMULI = "results/prepared/stimuli/subj{subject}.csv"
 CAPTIONS = "results/prepared/stimuli/subj{subject}_captions.csv"
 #: what the synthetic NSD planted, written next to its raw tree (brainrecon.synth)
 PLANTED_FILE = "synthetic_planted.json"
-VOXEL_SETS = ("nsdgeneral", "brainmask")
+#: prepared voxel sets: nsdgeneral; streams = every voxel with a streams label (whole volume, Takagi's ROIs);
+#: brainmask = the whole brain
+VOXEL_SETS = ("nsdgeneral", "streams", "brainmask")
 
 
 NORMALISATIONS = ("train_zscore", "session_zscore", "none")

@@ -151,8 +151,8 @@ def prepare_subject(files: Mapping, out_h5, subject: int | str, settings: Prepar
         )
     rois = _as_named(roi_paths, "roi_paths")
     ctabs = _as_named(ctab_paths, "ctab_paths")
-    if voxels == "nsdgeneral" and "nsdgeneral" not in rois:
-        raise ValueError("voxels='nsdgeneral' needs the nsdgeneral ROI in roi_paths")
+    if voxels in ("nsdgeneral", "streams") and voxels not in rois:
+        raise ValueError(f"voxels={voxels!r} needs the {voxels} ROI in roi_paths")
     if voxels == "brainmask" and brainmask_path is None:
         raise ValueError("voxels='brainmask' needs brainmask_path")
 
@@ -196,11 +196,12 @@ def prepare_subject(files: Mapping, out_h5, subject: int | str, settings: Prepar
             raise NSDFileError(f"{brainmask_path}: brainmask shape {bm.shape} differs from the betas' {vol_shape}")
         if affine is None and brainmask_path is not None:
             affine = volume_info(brainmask_path)[1]
-    mask = (roi_vols["nsdgeneral"] > 0) if voxels == "nsdgeneral" else (bm > 0)
+    # nsdgeneral / streams: every voxel with a label > 0 over the whole volume; brainmask: the brain
+    mask = (roi_vols[voxels] > 0) if voxels in ("nsdgeneral", "streams") else (bm > 0)
     ijk = np.argwhere(mask).astype(np.int64)  # sorted by (x, y, z)
     V = ijk.shape[0]
     if V == 0:
-        src = rois.get("nsdgeneral") if voxels == "nsdgeneral" else brainmask_path
+        src = rois.get(voxels) if voxels in ("nsdgeneral", "streams") else brainmask_path
         raise NSDFileError(f"{src}: the {voxels} mask selects no voxel")
     label_tables = {name: read_ctab(p) for name, p in ctabs.items()}
     if affine is None:

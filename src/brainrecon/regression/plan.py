@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..features.plan import FEATURES
-from ..nsd.plan import PREPARED
+from ..nsd.plan import PREPARED, VOXEL_SETS
 
 REGRESSION = "results/regression/{space}/subj{subject}.h5"
 TRAIN_ON = ("averaged", "single_trial")
 #: the stage-wide settings of regression (the rest are per space)
-STAGE_KEYS = ("backend", "target_batch", "cv")
+STAGE_KEYS = ("backend", "target_batch", "cv", "cv_score")
 
 
 @dataclass(frozen=True)
@@ -27,21 +27,29 @@ class SpaceFit:
     alphas: one value = a fixed alpha (Brain-Diffuser), several = a CV grid (one alpha per target);
     train_on: ``averaged`` (repetition-averaged training images) or ``single_trial``; voxels: ``"all"``
     (of the prepared voxel set) or ``{roi file: [labels]}``; restandardise: also write Brain-Diffuser's
-    re-standardised predictions; backend: himalaya backend; target_batch: target columns per batch;
-    cv: CV folds of the grid.
+    re-standardised predictions; fit_intercept: centre the targets on their training mean and add it back
+    (Brain-Diffuser's sklearn Ridge) or not (Takagi's himalaya RidgeCV); prepared: the prepared voxel set
+    read (``nsdgeneral``, ``streams``, ``brainmask``); backend: himalaya backend; target_batch: target
+    columns per batch; cv: CV folds of the grid; cv_score: how the folds are scored (``l2_neg_loss``,
+    ``r2``).
     """
 
     alphas: tuple[float, ...]
     train_on: str
     voxels: Any
     restandardise: bool
+    fit_intercept: bool
+    prepared: str
     backend: str
     target_batch: int
     cv: int
+    cv_score: str
 
     def __post_init__(self):
         if self.train_on not in TRAIN_ON:
             raise ValueError(f"train_on must be 'averaged' or 'single_trial', got {self.train_on!r}")
+        if self.prepared not in VOXEL_SETS:
+            raise ValueError(f"prepared must be one of {VOXEL_SETS}, got {self.prepared!r}")
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
 
     @classmethod
@@ -72,8 +80,9 @@ def space_settings(config: Mapping, space: str) -> dict:
 
 
 def inputs(config: Mapping, space: str, subject: str) -> dict:
-    """Files one fit reads: the prepared betas and the space's features."""
-    return {"prepared": PREPARED.format(voxels="nsdgeneral", subject=subject),
+    """Files one fit reads: the prepared betas of the space's voxel set and the space's features."""
+    voxels = space_settings(config, space)["prepared"]
+    return {"prepared": PREPARED.format(voxels=voxels, subject=subject),
             "features": FEATURES.format(space=space, subject=subject)}
 
 

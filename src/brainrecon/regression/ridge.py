@@ -49,6 +49,8 @@ from brainrecon.regression.targets import TargetMatrix, column_batches
 log = logging.getLogger(__name__)
 
 FORMAT = "brainrecon.regression.ridge/1"
+#: CV scores of an alpha grid (see KernelRidgeDecoder)
+CV_SCORES = ("r2", "l2_neg_loss")
 _DTYPES = ("float32", "float64")
 
 
@@ -388,11 +390,15 @@ class KernelRidgeDecoder:
     cv : int, splitter or iterable of (train_idx, val_idx), or None
         Folds for choosing alpha when ``alphas`` has several values. An int ``k`` means
         contiguous K-fold without shuffling (``sklearn.model_selection.KFold(k)``); an
-        object with ``.split(X)`` is called; an iterable gives index pairs. The score is
-        the validation R² per target, averaged over folds (as ``RidgeCV``/``GridSearchCV``);
-        ties go to the first alpha in ``alphas``. X is standardised once on all training
-        rows (like himalaya); each fold's design is re-centred when ``fit_intercept``.
-        Ignored for a single alpha.
+        object with ``.split(X)`` is called; an iterable gives index pairs. X is standardised
+        once on all training rows (like himalaya); each fold's design is re-centred when
+        ``fit_intercept``. Ignored for a single alpha.
+    cv_score : "r2" or "l2_neg_loss"
+        How a fold's validation predictions are scored, per target, before the mean over folds:
+        ``"l2_neg_loss"`` = minus the mean squared error (himalaya's default ``score_func``,
+        Takagi's ``RidgeCV``), ties going to the larger alpha (himalaya adds ``1e-10 log(alpha)``
+        to the fold mean); ``"r2"`` = the validation R² (sklearn ``GridSearchCV``), ties going to
+        the first alpha in ``alphas``.
     backend : str or None
         himalaya backend: ``"numpy"``, ``"torch"``, ``"torch_cuda"``, ... (None: himalaya's
         current one). Arrays stay on that backend's device; inputs/outputs are numpy.
@@ -436,7 +442,7 @@ class KernelRidgeDecoder:
     factor_ : RidgeFactorisation; regime_ : "dual" | "primal";
     alphas_ : alpha used per target, shaped like the targets (``Y.shape[1:]``);
     best_alphas_ : same as ``alphas_`` when alpha was chosen by CV, else None;
-    cv_scores_ : (n_alphas, *target_shape) mean validation R², or None;
+    cv_scores_ : (n_alphas, *target_shape) mean validation score (``cv_score``), or None;
     x_mean_, x_scale_ : (p,) standardisation of X; y_mean_, y_std_ : train target mean and
     std (ddof 0) shaped like the targets (computed on first use — a pass over Y).
 
@@ -456,8 +462,11 @@ class KernelRidgeDecoder:
     def __init__(self, alphas=1.0, cv=5, backend="numpy", target_batch=4096, fit_intercept=True,
                  standardize_X=True, dtype="float32", per_target_alpha=True, target_groups=None,
                  progress=True, solver="auto", x_ddof=0, factor_dtype="float64", factorisation="auto",
-                 eigh_above=4):
+                 eigh_above=4, cv_score="r2"):
         self.alphas = _check_alphas(alphas)
+        if cv_score not in CV_SCORES:
+            raise ValueError(f"cv_score must be one of {CV_SCORES}, got {cv_score!r}")
+        self.cv_score = cv_score
         if cv is not None and isinstance(cv, numbers.Integral) and not isinstance(cv, bool):
             if cv < 2:
                 raise ValueError(f"cv must be >= 2 folds, got cv={cv}")
@@ -653,14 +662,18 @@ class KernelRidgeDecoder:
                 P = (H @ Ytr).reshape(nA, va.size, b - a)
                 if self.fit_intercept:
                     P = P + mtr[None, None, :]
-                sse = ((P - Yva[None]) ** 2).sum(1)
-                sst = ((Yva - Yva.mean(0)[None, :]) ** 2).sum(0)
-                sse, sst = _np(B, sse).astype(np.float64), _np(B, sst).astype(np.float64)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    r2 = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), 0.0)
-                scores[:, a:b] += r2 / len(folds)
+                sse = _np(B, ((P - Yva[None]) ** 2).sum(1)).astype(np.float64)
+                if self.cv_score == "l2_neg_loss":
+                    score = -sse / va.size
+                else:
+                    sst = _np(B, ((Yva - Yva.mean(0)[None, :]) ** 2).sum(0)).astype(np.float64)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        score = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), 0.0)
+                scores[:, a:b] += score / len(folds)
             self._stats_done = True
             del H
+        if self.cv_score == "l2_neg_loss":  # himalaya's tie-break towards larger alphas
+            scores += (np.log(self.alphas.astype(np.float64)) * 1e-10)[:, None]
         groups = self.target_groups
         if groups is not None:
             if isinstance(groups, numbers.Integral):
@@ -812,7 +825,7 @@ class KernelRidgeDecoder:
                                standardize_X=self.standardize_X, x_ddof=self.x_ddof, dtype=self.dtype,
                                factor_dtype=self.factor_dtype, backend=str(self._B.name),
                                target_batch=self.target_batch, target_shape=np.asarray(self.target_shape_, np.int64),
-                               alphas_grid=self.alphas)
+                               alphas_grid=self.alphas, cv_score=self.cv_score)
                 f["x_mean"] = self._x_mean
                 f["x_scale"] = self._x_scale
                 if self._regime == "dual":
@@ -843,7 +856,8 @@ class KernelRidgeDecoder:
             dec = cls(alphas=grid, cv=None, backend=backend if backend is not None else str(at["backend"]),
                       target_batch=int(target_batch or at["target_batch"]), fit_intercept=bool(at["fit_intercept"]),
                       standardize_X=bool(at["standardize_X"]), dtype=str(at["dtype"]), progress=progress,
-                      x_ddof=int(at["x_ddof"]), factor_dtype=str(at["factor_dtype"]))
+                      x_ddof=int(at["x_ddof"]), factor_dtype=str(at["factor_dtype"]),
+                      cv_score=str(at.get("cv_score", "r2")))
             dec._B = resolve_backend(dec.backend)
             dec._coef_path = path
             dec._regime = str(at["regime"])

@@ -70,6 +70,32 @@ def select_voxels(prepared: h5py.File, voxels) -> np.ndarray:
     return union_mask(prepared, voxels)
 
 
+def voxel_counts(prepared: h5py.File, voxels, mask: np.ndarray) -> dict:
+    """How many of the selected voxels lie inside / outside nsdgeneral, per ROI label of ``voxels``
+    (``{"<file>:<label>": {"inside": n, "outside": n}}``; ``"all"`` for the whole prepared set)."""
+    if "rois/nsdgeneral" not in prepared:
+        return {}
+    inside = prepared["rois/nsdgeneral"][()] > 0
+    out = {}
+    if voxels in (None, "all"):
+        out["all"] = {"inside": int((mask & inside).sum()), "outside": int((mask & ~inside).sum())}
+        return out
+    for roi, labels in voxels.items():
+        for label in labels:
+            sel = union_mask(prepared, {roi: [label]})
+            out[f"{roi}:{label}"] = {"inside": int((sel & inside).sum()), "outside": int((sel & ~inside).sum())}
+    return out
+
+
+def read_columns(ds, mask: np.ndarray, block_rows: int = 256) -> np.ndarray:
+    """``ds[:, mask]`` as float32, read in blocks of rows (only ``block_rows`` × all voxels in memory)."""
+    n = ds.shape[0]
+    out = np.empty((n, int(mask.sum())), dtype=np.float32)
+    for i in range(0, n, block_rows):
+        out[i:i + block_rows] = ds[i:i + block_rows][:, mask]
+    return out
+
+
 def _rows_for(ids: np.ndarray, feat_ids: np.ndarray, where: str) -> np.ndarray:
     order = np.argsort(feat_ids)
     pos = np.searchsorted(feat_ids, ids, sorter=order)
@@ -92,7 +118,8 @@ def fit_space(prepared_h5, features_h5, out_h5, settings: SpaceFit, *, extra_pat
     extra_patterns: ``{name: (k, V_all) float}`` patterns over all prepared voxels (e.g.
     ROI-optimal patterns), predicted in the same pass and written to ``extra/<name>``.
     Output: the keys of :func:`ridge_predict_test` plus ``nsd_ids`` (test rows) and
-    ``voxel_mask`` (which prepared voxels were used).
+    ``voxel_mask`` (which prepared voxels were used); attrs ``voxel_counts`` (per ROI label, selected voxels
+    inside / outside nsdgeneral, also logged).
     """
     train_on, voxels = settings.train_on, settings.voxels
     with h5py.File(prepared_h5, "r") as prep, h5py.File(features_h5, "r") as feat:
@@ -104,9 +131,12 @@ def fit_space(prepared_h5, features_h5, out_h5, settings: SpaceFit, *, extra_pat
         for key in ("train/features", "train/nsd_ids"):
             if key not in feat:
                 raise KeyError(f"{features_h5}: missing {key!r}")
-        X = prep[f"{grp}/betas"][:][:, mask]
+        counts = voxel_counts(prep, voxels, mask)
+        for name, c in counts.items():
+            log.info("voxels %s of %s: %d inside nsdgeneral, %d outside", name, prepared_h5, c["inside"], c["outside"])
+        X = read_columns(prep[f"{grp}/betas"], mask)
         ids = prep[f"{grp}/nsd_ids"][:].astype(np.int64)
-        Xt = prep["test/betas"][:][:, mask]
+        Xt = read_columns(prep["test/betas"], mask)
         test_ids = prep["test/nsd_ids"][:].astype(np.int64)
         shape = tuple(int(s) for s in feat.attrs.get("feature_shape", (feat["train/features"].shape[1],)))
         rows = _rows_for(ids, feat["train/nsd_ids"][:].astype(np.int64), f"{features_h5} train")
@@ -116,11 +146,14 @@ def fit_space(prepared_h5, features_h5, out_h5, settings: SpaceFit, *, extra_pat
                  Xt.shape, sorted(extra))
         with atomic_path(out_h5) as tmp:
             decoder = KernelRidgeDecoder(alphas=list(settings.alphas), cv=settings.cv, backend=settings.backend,
-                                         target_batch=settings.target_batch, progress=progress)
+                                         target_batch=settings.target_batch, fit_intercept=settings.fit_intercept,
+                                         cv_score=settings.cv_score, progress=progress)
             summary = ridge_predict_test(
                 decoder, X, Y, Xt, tmp, restandardise_pred=settings.restandardise, extra_X=extra or None,
                 attrs=dict(space=str(feat.attrs.get("space", "")), train_on=train_on,
                            voxels=json.dumps(voxels), prepared=str(prepared_h5), features=str(features_h5),
+                           voxel_set=str(prep.attrs.get("voxels", settings.prepared)),
+                           voxel_counts=json.dumps(counts), cv_score=settings.cv_score,
                            feature_shape=np.asarray(shape, np.int64)),
             )
             with h5py.File(tmp, "a") as f:

@@ -50,9 +50,10 @@ _DEFINITIONS = {
     "lowlevel": "F[n, r, c, ch]: mean of RGB/255 over block (r, c) of image n on an 8x8 grid with pixel edges "
     "(arange(9) * S) // 8 (rows r from the top, columns c from the left)",
     "presence": "presence[n, k] = 1 if an object of category k is drawn in image n, else 0",
-    "groups": "early: streams==1 voxels of nsdgeneral (low-level drive); ventral: streams==5 (category drive); "
-    "noise: random noise_fraction of nsdgeneral voxels, drive 0; weak: other nsdgeneral voxels (weak mix); "
-    "brain voxels outside nsdgeneral: drive 0",
+    "groups": "planted voxels = nsdgeneral | streams > 0 (the streams' anterior rim lies outside nsdgeneral); "
+    "early: streams==1 (low-level drive); ventral: streams==5 (category drive); "
+    "noise: random noise_fraction of the planted voxels, drive 0; weak: other planted voxels (weak mix); "
+    "other brain voxels: drive 0",
     "index": "global trial t (0-based): session t // trials_per_session + 1, volume t % trials_per_session; "
     "m = masterordering[t]; nsdId = subjectim[subject-1, m-1] - 1; shared iff m <= n_shared",
 }

@@ -17,11 +17,11 @@ Model (all in percent signal change, psc). For a voxel v and a stimulus image n:
   population std), so the stimulus-driven part of an early / ventral voxel has std exactly
   ``AMPLITUDE`` across the subject's images (scale 0 where the std is 0).
 
-Groups (inside nsdgeneral): "noise" = a random ``round(noise_fraction · n_nsdgeneral)`` voxels with
-drive exactly 0; "early" = other voxels of streams == 1: alpha_low = AMPLITUDE, alpha_sem = 0;
-"ventral" = other voxels of streams == 5: alpha_low = 0, alpha_sem = AMPLITUDE; "weak" = the other
-nsdgeneral voxels (streams 2, 3, 4, 6, 7): WEAK_AMPLITUDE · (a, 1 − a) mix of both, a ~ U(0, 1).
-Brain voxels outside nsdgeneral have drive 0. Every brain voxel's trial response is
+Groups (planted voxels = visual cortex = nsdgeneral ∪ streams; the streams' anterior rim lies outside
+nsdgeneral): "noise" = a random ``round(noise_fraction · n_planted)`` voxels with drive exactly 0;
+"early" = other voxels of streams == 1: alpha_low = AMPLITUDE, alpha_sem = 0; "ventral" = other voxels of
+streams == 5: alpha_low = 0, alpha_sem = AMPLITUDE; "weak" = the other planted voxels (streams 2, 3, 4, 6,
+7): WEAK_AMPLITUDE · (a, 1 − a) mix of both, a ~ U(0, 1). Other brain voxels have drive 0. Every brain voxel's trial response is
 ``drive + N(0, noise_sd^2)`` with ``noise_sd = AMPLITUDE / snr`` (independent per trial and voxel),
 so SNR = std of the stimulus-driven drive across the subject's images / std of the trial noise
 (exact for early and ventral voxels). Betas are ``int16(rint(300 · psc))``, 0 outside the brain.
@@ -91,9 +91,9 @@ def build_subject(
     ``geom`` from :func:`brainrecon.synth.volumes.geometry`; ``nsd_ids`` (N_s,) 0-based ids of the
     subject's images; ``lowlevel`` (N, 8, 8, 3) and ``presence`` (N, C) for all N stimuli.
     """
-    ng = geom["rois"]["nsdgeneral"] == 1
     streams = geom["rois"]["streams"]
-    ijk = np.argwhere(ng)  # C order
+    visual = (geom["rois"]["nsdgeneral"] == 1) | (streams > 0)
+    ijk = np.argwhere(visual)  # C order
     n = len(ijk)
     st = streams[tuple(ijk.T)].astype(int)
     group = np.where(st == 1, "early", np.where(st == 5, "ventral", "weak")).astype(object)
@@ -171,7 +171,7 @@ def _subject_record(planted: dict, subject) -> dict:
 
 
 def drive_all(planted: dict, subject) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(nsd_ids (N_s,), drive (N_s, V_all) of every planted nsdgeneral voxel, voxel record)."""
+    """(nsd_ids (N_s,), drive (N_s, V_all) of every planted voxel, voxel record)."""
     rec = _subject_record(planted, subject)
     imgs = planted["images"]
     nsd_ids = np.asarray(rec["nsd_ids"], np.int64)

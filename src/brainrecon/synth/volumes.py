@@ -7,9 +7,11 @@ coordinates ``u = (j + 0.5) / Y`` (posterior 0 -> anterior 1) and ``w = (k + 0.5
 
 * brain: the ellipsoid ``(x/0.95)^2 + (y/0.97)^2 + (z/0.92)^2 <= 1`` in [-1, 1] coordinates;
 * nsdgeneral (1): brain voxels with ``u < 0.55`` (posterior cortex);
-* streams (inside nsdgeneral): early (1) ``u < 0.30``; band ``0.30 <= u < 0.38``: midventral (2)
-  ``w < 0.4``, midlateral (3) ``w < 0.6``, midparietal (4) otherwise; ``u >= 0.38``: ventral (5)
-  ``w < 0.5``, lateral (6) ``w < 0.7``, parietal (7) otherwise;
+* streams: early (1) ``u < 0.30``; band ``0.30 <= u < 0.38``: midventral (2) ``w < 0.4``,
+  midlateral (3) ``w < 0.6``, midparietal (4) otherwise; ``0.38 <= u < 0.62``: ventral (5)
+  ``w < 0.5``, lateral (6) ``w < 0.7``, parietal (7) otherwise — the anterior rim ``0.55 <= u < 0.62`` of
+  the higher streams lies **outside** nsdgeneral, as real streams labels reach beyond it (Takagi takes
+  the streams over the whole volume, Brain-Diffuser cuts to nsdgeneral);
 * prf-visualrois (inside early): V1/V2/V3/hV4 by posterior-to-anterior rank, v/d by lower/upper
   half in ``w`` (hV4 only in the lower half; the upper part of that band is V3d);
 * prf-eccrois (inside early): eccentricity bands (<0.5, <1, <2, <4, >=4 degrees; 8.4 degrees per image)
@@ -62,7 +64,7 @@ def geometry(shape, rng: np.random.Generator, subject: int | str = "?") -> dict:
     streams = np.zeros(shape, np.int16)
     early = ng & (u < 0.30)
     band = ng & (u >= 0.30) & (u < 0.38)
-    front = ng & (u >= 0.38)
+    front = (ng & (u >= 0.38)) | (brain & (u >= 0.55) & (u < 0.62))  # the rim beyond nsdgeneral
     streams[early] = 1
     streams[band & (w < 0.4)] = 2
     streams[band & (w >= 0.4) & (w < 0.6)] = 3
@@ -119,7 +121,7 @@ def geometry(shape, rng: np.random.Generator, subject: int | str = "?") -> dict:
     r[ei] = ecc_lab
     rois["prf-eccrois"] = r
 
-    cand = np.argwhere((streams == 5) | (streams == 6))
+    cand = np.argwhere(ng & ((streams == 5) | (streams == 6)))
     cu = u[tuple(cand.T)]
     for name in ("floc-faces", "floc-words", "floc-places", "floc-bodies"):
         n_lab = len(layout.LABEL_TABLES[name])
