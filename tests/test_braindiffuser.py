@@ -394,7 +394,7 @@ def test_renormalised_predictions_have_the_training_mean_norm(tmp_path):
         bd.renormalise(np.zeros((1, 3)), 1.0)
 
 
-def test_reconstruct_rois_renormalises_and_writes_one_image_per_roi(model_dirs, vd, tmp_path, monkeypatch):
+def test_reconstruct_rois_renormalise_recipe_writes_one_image_per_roi(model_dirs, vd, tmp_path, monkeypatch):
     d = latent_dims(load_model("vdvae", model_dirs["vdvae"]).model.config)
     (tl, td), (il, idim) = bd.context_shapes(vd)
     shapes = {"vdvae": (d,), "clipvision": (il, idim), "cliptext": (tl, td)}
@@ -419,7 +419,8 @@ def test_reconstruct_rois_renormalises_and_writes_one_image_per_roi(model_dirs, 
 
     monkeypatch.setattr(roi, "reconstruct_to_files", spy)
     settings = bd.roi_settings({"image_size": 32, "seed": 0, "vdvae_temperature": 1.0, "steps": 4, "strength": 0.75,
-                                "guidance_scale": 7.5, "batch_size": 2, "text_weight": 0.4, "init_noise": "reference"})
+                                "guidance_scale": 7.5, "batch_size": 2, "text_weight": 0.4, "init_noise": "reference",
+                                "roi_recipe": "renormalise", "roi_constants": "derived"})
     out = tmp_path / "roi" / "subjavg"
     inputs = {**reg, **{f"features_{k}": [str(p) for p in v] for k, v in feats.items()},
               "vdvae_model": model_dirs["vdvae"], "vd_model": model_dirs["vd"]}
@@ -438,8 +439,100 @@ def test_reconstruct_rois_renormalises_and_writes_one_image_per_roi(model_dirs, 
     with h5py.File(out / "images.h5") as f:
         assert [r.decode() if isinstance(r, bytes) else r for r in f["rois"][:]] == ["V1", "face"]
         assert f["images"].shape == (2, 32, 32, 3)
-        assert json.loads(f.attrs["target_norms"]) == pytest.approx(norms)
+        assert json.loads(f.attrs["roi_constants_used"])["target_norms"] == pytest.approx(norms)
+        assert f.attrs["roi_recipe"] == "renormalise"
     assert sorted(p.name for p in (out / "png").iterdir()) == ["V1.png", "face.png"]
+
+
+def _roi_toy(tmp_path, rng, V=30, n_train=40):
+    """Exactly z-scored training betas (as Brain-Diffuser's X), three spaces, three ROI patterns."""
+    from brainrecon.regression.plan import SpaceFit
+    from brainrecon.regression.stage import fit_space
+
+    shapes = {"vdvae": (12,), "clipvision": (3, 4), "cliptext": (2, 4)}
+    Xtr = rng.standard_normal((n_train, V))
+    Xtr = (Xtr - Xtr.mean(0)) / Xtr.std(0)
+    Xte = rng.standard_normal((6, V))
+    prep = tmp_path / "prep.h5"
+    with h5py.File(prep, "w") as f:
+        f["train/betas"], f["train/nsd_ids"] = Xtr.astype("f4"), np.arange(n_train)
+        f["test/betas"], f["test/nsd_ids"] = Xte.astype("f4"), np.arange(100, 106)
+        f["voxels/ijk"] = np.zeros((V, 3), np.int64)
+    pats = {f"roi_{n}": (rng.random((1, V)) < 0.3).astype("f4") for n in ("face", "V1", "ecc1")}
+    pats["zero"] = np.zeros((1, V), "f4")
+    reg, feats, Y = {}, {}, {}
+    for space, shape in shapes.items():
+        D = int(np.prod(shape))
+        W = rng.standard_normal((V, D))
+        Y[space] = (Xtr.astype("f4").astype(np.float64) @ W + 2.0 + rng.standard_normal((n_train, D)))
+        feats[space] = tmp_path / f"feat_{space}.h5"
+        with h5py.File(feats[space], "w") as f:
+            f["train/features"], f["train/nsd_ids"] = Y[space].astype("f4"), np.arange(n_train)
+            f["test/features"], f["test/nsd_ids"] = np.zeros((6, D), "f4"), np.arange(100, 106)
+            f.attrs["feature_shape"] = np.asarray(shape)
+        reg[space] = tmp_path / f"reg_{space}.h5"
+        fit_space(prep, feats[space], reg[space], SpaceFit.build(alphas=[30.0], train_on="averaged"),
+                  extra_patterns=pats, progress=False)
+    return prep, pats, shapes, reg, feats, Xtr.astype("f4").astype(np.float64), Y
+
+
+@pytest.mark.parametrize("constants", ["published", "derived"])
+def test_roi_reference_recipe_equals_roi_generate_features(tmp_path, constants):
+    """The reference (scripts/roi_generate_features.py) computed independently on sklearn Ridge's coef_ and
+    intercept_: VDVAE unit(p W^T) * 50 + b, z-scored across the ROIs, mapped to the training latents' mean/std,
+    norm 80; CLIP unit(p W^T) * 15 (vision) / 9 (text) + b. Our inputs from the regression outputs equal it."""
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(11)
+    prep, pats, shapes, reg, feats, Xtr, Y = _roi_toy(tmp_path, rng)
+    names = ["face", "V1", "ecc1"]
+    roi_act = np.concatenate([pats[f"roi_{n}"] for n in names]).astype(np.float64)
+    settings = bd.Settings.from_mapping({"roi_recipe": "reference", "roi_constants": constants})
+    got, used = bd.roi_inputs_for(names, reg, {k: [str(v)] for k, v in feats.items()}, settings)
+
+    if constants == "published":
+        const = {"vdvae": 50, "clipvision": 15, "cliptext": 9, "vdvae_norm": 80}
+    else:  # derived from the training features: mean distance from the mean; VDVAE: mean norm
+        const = {k: float(np.linalg.norm(Y[k] - Y[k].mean(0), axis=1).mean()) for k in shapes}
+        const["vdvae_norm"] = float(np.linalg.norm(Y["vdvae"], axis=1).mean())
+    assert used == pytest.approx(const, rel=1e-5)
+    num_rois = len(names)
+    # -- VDVAE, line by line as the reference
+    ridge = Ridge(alpha=30.0, fit_intercept=True).fit(Xtr, Y["vdvae"])
+    reg_w, reg_b = ridge.coef_, ridge.intercept_
+    pred_vae = roi_act @ reg_w.T
+    pred_vae = pred_vae / (np.linalg.norm(pred_vae, axis=1).reshape((num_rois, 1)) + 1e-8)
+    pred_vae = pred_vae * const["vdvae"] + reg_b
+    pred_vae = (pred_vae - np.mean(pred_vae, axis=0)) / np.std(pred_vae, axis=0)
+    pred_vae = pred_vae * np.std(Y["vdvae"], axis=0) + np.mean(Y["vdvae"], axis=0)
+    pred_vae = pred_vae / np.linalg.norm(pred_vae, axis=1).reshape((num_rois, 1))
+    pred_vae = pred_vae * const["vdvae_norm"]
+    np.testing.assert_allclose(got["vdvae"], pred_vae, rtol=1e-4, atol=1e-4 * np.abs(pred_vae).max())
+    # -- CLIP: per token j, pred[:, j] = roi_act @ reg_w[j].T; Frobenius unit norm; scale; + intercept
+    for space in ("clipvision", "cliptext"):
+        T, d = shapes[space]
+        ridge = Ridge(alpha=30.0, fit_intercept=True).fit(Xtr, Y[space])
+        reg_w = ridge.coef_.reshape(T, d, -1)
+        reg_b = ridge.intercept_.reshape(T, d)
+        pred = np.zeros((num_rois, T, d))
+        for j in range(T):
+            pred[:, j] = roi_act @ reg_w[j].T
+        pred = pred / (np.linalg.norm(pred, axis=(1, 2)).reshape((num_rois, 1, 1)) + 1e-8)
+        pred = pred * const[space] + reg_b
+        np.testing.assert_allclose(got[space], pred, rtol=1e-4, atol=1e-4 * np.abs(pred).max())
+
+
+def test_roi_reference_recipe_needs_two_rois_and_is_the_default(tmp_path):
+    rng = np.random.default_rng(12)
+    _, _, _, reg, feats, _, _ = _roi_toy(tmp_path, rng)
+    s = bd.Settings.from_mapping({})
+    assert (s.roi_recipe, s.roi_constants) == ("reference", "derived")
+    with pytest.raises(ValueError, match=">= 2 ROI rows"):
+        bd.roi_inputs_for(["face"], reg, {k: [str(v)] for k, v in feats.items()}, s)
+    from brainrecon.schema import defaults
+
+    assert defaults("methods.braindiffuser")["roi_optimal"] == [
+        "face", "word", "place", "body", "V1", "V2", "V3", "V4", "ecc0pt5", "ecc1", "ecc2", "ecc4", "ecc4+"]
 
 
 # ----------------------------------------------------------------------------- settings

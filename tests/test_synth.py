@@ -343,6 +343,8 @@ def test_volumes_rois_ctabs_anatomy(small):
         assert ng[brain].mean() < 0.8 and ng.sum() > 50
         early = st == 1
         assert (early[rois["prf-visualrois"] > 0]).all() and (early[rois["prf-eccrois"] > 0]).all()
+        ecc = rois["prf-eccrois"]
+        assert set(np.unique(ecc[ecc > 0]).astype(int)) == {1, 2, 3, 4, 5}  # every band, as in real NSD
         for name in ("floc-faces", "floc-words", "floc-places", "floc-bodies"):
             assert np.isin(st[rois[name] > 0], [5, 6]).all()
         mean = nib.load(root / layout.anatomy_key(s, "mean"))

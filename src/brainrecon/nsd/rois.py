@@ -111,4 +111,14 @@ def roi_patterns(prepared_h5, names: Sequence[str]) -> dict[str, np.ndarray]:
     return out
 
 
-__all__ = ["ROI_DEFINITIONS", "label_table", "roi_mask", "union_mask", "roi_patterns"]
+def roi_extra_patterns(prepared_h5, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The patterns the regression predicts for ROI-optimal images: ``roi_<name>`` (:func:`roi_patterns`)
+    and ``zero`` (all voxels 0: its prediction is the intercept, so pred(roi) - pred(zero) = p·Wᵀ)."""
+    pats = roi_patterns(prepared_h5, names)
+    if not pats:
+        return {}
+    v = next(iter(pats.values())).shape[1]
+    return {**{f"roi_{k}": a for k, a in pats.items()}, "zero": np.zeros((1, v), np.float32)}
+
+
+__all__ = ["ROI_DEFINITIONS", "label_table", "roi_mask", "union_mask", "roi_patterns", "roi_extra_patterns"]

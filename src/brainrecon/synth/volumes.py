@@ -16,7 +16,8 @@ coordinates ``u = (j + 0.5) / Y`` (posterior 0 -> anterior 1) and ``w = (k + 0.5
   half in ``w`` (hV4 only in the lower half; the upper part of that band is V3d);
 * prf-eccrois (inside early): eccentricity bands (<0.5, <1, <2, <4, >=4 degrees; 8.4 degrees per image)
   of the voxel's pRF centre, which is retinotopic: polar angle from the voxel's (x, z) position
-  within the early region, eccentricity growing quadratically with distance from its centre;
+  within the early region, eccentricity growing quadratically with distance from its centre; every band
+  holds at least one voxel (an empty band gets the best-fitting voxel of the fullest one);
 * floc-* (inside ventral ∪ lateral): for each ROI a compact cluster of ~30 % of those voxels around
   a random centre, split posterior-to-anterior into the ROI's labels.
 
@@ -42,6 +43,30 @@ def affine(shape) -> np.ndarray:
     a = np.diag([VOXEL_MM, VOXEL_MM, VOXEL_MM, 1.0])
     a[:3, 3] = -VOXEL_MM * (np.asarray(shape, float) - 1) / 2
     return a
+
+
+def _fill_empty_bands(px: np.ndarray, py: np.ndarray):
+    """Move one pRF centre into every empty eccentricity band (real NSD has all five bands in every subject;
+    small synthetic volumes may lack the outermost): the voxel taken comes from the most populated band, keeps
+    its polar angle, and is the one that fits the band best within the 8 x 8 grid."""
+    px, py = px.copy(), py.copy()
+    edges = np.r_[0.0, np.asarray(ECC_EDGES), 4.6]  # target of the last band: 4.4 degrees
+    for k in range(len(ECC_EDGES) + 1):
+        ecc = np.hypot(px - 3.5, py - 3.5) * DEG_PER_CELL
+        lab = np.searchsorted(np.asarray(ECC_EDGES), ecc, side="right")
+        if (lab == k).any() or px.size < len(ECC_EDGES) + 1:
+            continue
+        counts = np.bincount(lab, minlength=len(ECC_EDGES) + 1)
+        theta = np.arctan2(py - 3.5, px - 3.5)
+        theta = np.where(ecc > 0, theta, np.pi / 4)
+        target = (edges[k] + edges[k + 1]) / 2 / DEG_PER_CELL  # cells
+        r_max = 3.5 / np.maximum(np.abs(np.cos(theta)), np.abs(np.sin(theta)))
+        ok = (lab == np.argmax(counts)) & (r_max >= target)
+        if not ok.any():
+            continue
+        i = np.flatnonzero(ok)[np.argmin(np.abs(ecc[ok] / DEG_PER_CELL - target))]
+        px[i], py[i] = 3.5 + target * np.cos(theta[i]), 3.5 + target * np.sin(theta[i])
+    return px, py
 
 
 def geometry(shape, rng: np.random.Generator, subject: int | str = "?") -> dict:
@@ -93,6 +118,7 @@ def geometry(shape, rng: np.random.Generator, subject: int | str = "?") -> dict:
     theta = np.arctan2(-rz, rx)  # superior voxels -> upper visual field (top rows)
     px = np.clip(3.5 + ecc_cells * np.cos(theta) + rng.normal(0, 0.3, ex.size), 0, 7)
     py = np.clip(3.5 + ecc_cells * np.sin(theta) + rng.normal(0, 0.3, ex.size), 0, 7)
+    px, py = _fill_empty_bands(px, py)
     ecc_deg = np.hypot(px - 3.5, py - 3.5) * DEG_PER_CELL
     sigma = 0.6 + 0.15 * ecc_deg / DEG_PER_CELL + 1.2 * (eu / 0.30) + rng.uniform(0, 0.3, ex.size)
     prf = {name: np.full(shape, np.nan) for name in ("x", "y", "sigma")}

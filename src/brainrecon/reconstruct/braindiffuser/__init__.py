@@ -24,7 +24,9 @@ from .plan import (  # noqa: F401
 _LAZY = {
     **dict.fromkeys(("context_shapes", "decode_stage1", "image_seed", "layout", "output_attrs", "reconstruct",
                      "reconstruct_subject", "reconstruct_to_files", "run_stage2", "vdvae_num_layers"), "pipeline"),
-    **dict.fromkeys(("mean_row_norm", "reconstruct_rois", "renormalise", "rms_norm_from_moments"), "roi"),
+    **dict.fromkeys(("mean_row_norm", "reconstruct_rois", "renormalise", "rms_norm_from_moments", "feature_moments",
+                     "reference_vdvae", "reference_clip", "recipe_constants", "roi_inputs_for",
+                     "PUBLISHED_CONSTANTS"), "roi"),
 }
 
 

@@ -37,6 +37,7 @@ class Settings:
     text_weight: dual-guidance weight of CLIP-text (vision gets ``1 - text_weight``).
     image_size: stage-2 / output image side in pixels (the stage-1 image is upsampled to it).
     batch_size: images per stage-2 call. seed: base of every image's seed.
+    roi_recipe, roi_constants: how ROI-optimal predictions become model inputs (:mod:`.roi`).
     """
 
     vdvae_temperature: float
@@ -48,6 +49,8 @@ class Settings:
     image_size: int
     batch_size: int
     seed: int
+    roi_recipe: str
+    roi_constants: str
 
     @classmethod
     def from_mapping(cls, values: Mapping | None = None) -> "Settings":
@@ -139,8 +142,9 @@ def variant_settings(name: str, settings: Mapping) -> dict:
 
 
 def roi_settings(settings: Mapping) -> dict:
-    """Settings the ROI-optimal images depend on (they are reconstructed with ``full``)."""
-    return variant_settings("full", settings)
+    """Settings the ROI-optimal images depend on: ``full``'s (they are reconstructed with it) and the recipe."""
+    return {**variant_settings("full", settings), "roi_recipe": settings["roi_recipe"],
+            "roi_constants": settings["roi_constants"]}
 
 
 def num_denoising_steps(steps: int, strength: float) -> int:
