@@ -485,7 +485,8 @@ def test_dry_run_lists_encoding_jobs_for_four_subjects(tmp_path):
     assert jobs["encoding_mosaics"] == 4 and jobs["encoding_summary"] == 1 and jobs["encoding_figure"] == 4
     fits = re.findall(r"rule encoding_fit:.*?wildcards: voxels=(\w+), space=([\w.]+), subject=(\d+)", proc.stdout,
                       re.S)
-    assert {s for _, _, s in fits} == {"01", "02", "05", "07"} and {v for v, _, _ in fits} == {"nsdgeneral"}
+    # the default voxel set is the whole brain (the CVPR paper's maps)
+    assert {s for _, _, s in fits} == {"01", "02", "05", "07"} and {v for v, _, _ in fits} == {"brainmask"}
     assert {sp for _, sp, _ in fits} == {"sdz", "sdc", "zc_s0.4", "zc_s0.8", "unet_down0_t1", "unet_down0_t4",
                                          "unet_mid_t1", "unet_mid_t4"}
     for space, subject, inputs in feats:
@@ -494,14 +495,15 @@ def test_dry_run_lists_encoding_jobs_for_four_subjects(tmp_path):
             assert "models_tiny/sd" in inputs
         else:  # sdz / sdc: no c file among the inputs
             assert "features/sdc/" not in inputs
-    # brainmask maps: its prepared files enter the DAG only when encoding asks for them
-    over = tmp_path / "bm.yaml"
-    over.write_text(yaml.safe_dump({"encoding": {"voxels": ["brainmask"], "spaces": ["sdz"], "zc_strengths": [],
+    assert len(re.findall(r"results/prepared/brainmask/subj\d\d\.h5", proc.stdout)) >= 4
+    # nsdgeneral maps, the cheaper option: only nsdgeneral's prepared files (no brainmask ones) are read
+    over = tmp_path / "ng.yaml"
+    over.write_text(yaml.safe_dump({"encoding": {"voxels": ["nsdgeneral"], "spaces": ["sdz"], "zc_strengths": [],
                                                  "unet": {"blocks": []}}}))
     proc = run_snakemake("-n", "encoding_all", "--configfile", REPO / "config" / "demo.yaml", over, "--directory",
                          tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = _jobs(proc.stdout)
     assert jobs["encoding_fit"] == 4 and not [f for f in _feature_jobs(proc.stdout) if f[0] != "sdz"]
-    assert len(re.findall(r"results/prepared/brainmask/subj\d\d\.h5", proc.stdout)) >= 4
-    assert "results/prepared/nsdgeneral/" not in proc.stdout
+    assert len(re.findall(r"results/prepared/nsdgeneral/subj\d\d\.h5", proc.stdout)) >= 4
+    assert "results/prepared/brainmask/" not in proc.stdout

@@ -30,15 +30,19 @@ from brainrecon.evaluate import (
     write_metrics_csv,
 )
 
+from brainrecon.evaluate.plan import metric_spec
+
 torch.set_num_threads(1)
 
 
-def evaluate(gt, recon, nets, convention="braindiffuser", metrics=None, nway_trials=100):
-    """The engine's summary of one evaluation (compute_scores -> ScoreBank.summary)."""
+def evaluate(gt, recon, nets, convention="braindiffuser", metrics=None, nway_trials=100, takagi_convention=None):
+    """The engine's summary of one evaluation (compute_scores -> ScoreBank.summary); the TN- columns take
+    ``convention`` too unless ``takagi_convention`` is given."""
     from brainrecon.models.plan import Runtime
 
-    settings = EvalSettings(convention=convention, metrics=(), takagi_for_samples=True, nway_n=(),
-                            nway_trials=nway_trials, nway_net="inception_v3", seed=0)
+    settings = EvalSettings(convention=convention, takagi_convention=takagi_convention or convention, metrics=(),
+                            takagi_for_samples=True, nway_n=(), nway_trials=nway_trials, nway_net="inception_v3",
+                            seed=0)
     return compute_scores(gt, recon, nets, settings, metrics=metrics, runtime=Runtime("cpu", "float32", 32)).summary()
 
 
@@ -371,6 +375,131 @@ def test_preprocess_conventions_match_torchvision_transforms():
     assert preprocess(wide, "alexnet", "braindiffuser").shape == (1, 3, 224, 224)
 
 
+def test_published_and_takagi_preprocessing_equal_the_reference_transforms():
+    """braindiffuser_published nets = torchvision functional.resize(PIL image, (224, 224)) + to_tensor +
+    normalize (eval_extract_features.py); takagi AlexNet / Inception = Compose([Resize(299), CenterCrop(299),
+    ToTensor(), Normalize]) on PIL images, takagi CLIP = the PIL CLIPImageProcessor (img2feat_decoded.py)."""
+    from PIL import Image
+    from torchvision import transforms as T
+    import torchvision.transforms.functional as TF
+    from transformers import CLIPImageProcessorPil
+
+    imagenet = T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    clip = T.Normalize(mean=[0.48145466, 0.4578275, 0.40821073], std=[0.26862954, 0.26130258, 0.27577711])
+    takagi = T.Compose([T.Resize(299), T.CenterCrop(299), T.ToTensor(), imagenet])
+    for shape in ((425, 425), (512, 512), (60, 80), (90, 70)):  # NSD GT, reconstructions, and non-square
+        imgs = _imgs(np.random.default_rng(sum(shape)), 2, *shape)
+        pil = [Image.fromarray(a) for a in imgs]
+        for net in ("alexnet", "inception_v3", "efficientnet_b1", "swav", "clip"):
+            norm = clip if net == "clip" else imagenet
+            ref = torch.stack([norm(TF.to_tensor(TF.resize(p, (224, 224)))) for p in pil])
+            torch.testing.assert_close(preprocess(imgs, net, "braindiffuser_published"), ref, rtol=0, atol=1e-6)
+        for net in ("alexnet", "inception_v3"):
+            ref = torch.stack([takagi(p) for p in pil])
+            torch.testing.assert_close(preprocess(imgs, net, "takagi"), ref, rtol=0, atol=1e-6)
+        ref = torch.from_numpy(CLIPImageProcessorPil()(images=list(imgs), return_tensors="np").pixel_values)
+        torch.testing.assert_close(preprocess(imgs, "clip", "takagi"), ref, rtol=0, atol=1e-6)
+    assert preprocess(_imgs(np.random.default_rng(1), 1, 60, 80), "alexnet", "takagi").shape == (1, 3, 299, 299)
+
+
+def test_ssim_columns_is_the_mean_of_per_column_1d_ssims():
+    """scikit-image 0.17.2 with multichannel=True on a 2-D grey image took each column as a channel: the mean
+    of the columns' 1-D SSIMs. Computed here column by column with today's scikit-image on 1-D arrays."""
+    from skimage.metrics import structural_similarity
+
+    from brainrecon.evaluate.metrics import SSIM_KWARGS, ssim_columns, ssim_pair
+
+    rng = np.random.default_rng(21)
+    g = rng.random((64, 48))
+    r = np.clip(g + 0.3 * rng.standard_normal(g.shape), 0, 1)
+    ref = np.mean([structural_similarity(g[:, c], r[:, c], **SSIM_KWARGS) for c in range(g.shape[1])])
+    assert ssim_columns(g, r) == pytest.approx(ref, abs=1e-12)
+    assert ssim_pair(g, r, "columns_1d") == pytest.approx(ref, abs=1e-12)
+    assert abs(ssim_pair(g, r, "2d") - ref) > 1e-3  # not the 2-D SSIM
+    assert ssim_columns(g, g) == pytest.approx(1.0)
+
+
+def test_published_pixcorr_and_ssim_follow_evaluate_reconstruction_py():
+    """Brain-Diffuser's script: recon PIL .resize((425, 425)) (default = bicubic), /255; PixCorr = corrcoef of
+    the RGB arrays; SSIM on rgb2gray of both, multichannel=True (= per-column 1-D SSIM). The engine with the
+    braindiffuser_published convention gives exactly these."""
+    from PIL import Image
+    from skimage.color import rgb2gray
+    from skimage.metrics import structural_similarity
+
+    from brainrecon.evaluate.metrics import SSIM_KWARGS
+
+    rng = np.random.default_rng(22)
+    gt = _imgs(rng, 3, 42)
+    rec = np.clip(np.repeat(np.repeat(gt, 2, 1), 2, 2).astype(int) + rng.integers(-40, 40, (3, 84, 84, 3)), 0,
+                  255).astype(np.uint8)  # 84 px reconstructions of the 42 px GT, noisy
+    pix, ss = [], []
+    for g, r in zip(gt, rec):
+        r = np.array(Image.fromarray(r).resize((42, 42))) / 255.0
+        g = g / 255.0
+        pix.append(np.corrcoef(g.reshape(1, -1), r.reshape(1, -1))[0, 1])
+        gg, rg = rgb2gray(g), rgb2gray(r)
+        ss.append(np.mean([structural_similarity(rg[:, c], gg[:, c], **SSIM_KWARGS) for c in range(42)]))
+    res = evaluate(gt, rec, {}, convention="braindiffuser_published", metrics=["PixCorr", "SSIM"])
+    assert res["PixCorr"] == pytest.approx(np.mean(pix), abs=1e-12)
+    assert res["SSIM"] == pytest.approx(np.mean(ss), abs=1e-12)
+    assert pixcorr(gt, rec, resize="pil_bicubic") == pytest.approx(np.mean(pix), abs=1e-12)
+    assert ssim_score(gt, rec, resize="pil_bicubic", kind="columns_1d") == pytest.approx(np.mean(ss), abs=1e-12)
+    mod = evaluate(gt, rec, {}, convention="braindiffuser", metrics=["PixCorr", "SSIM"])
+    assert mod["SSIM"] != pytest.approx(res["SSIM"], abs=1e-4)  # the modern 2-D SSIM is another number
+
+
+def test_tn_columns_take_their_own_convention(nets):
+    """BD columns with braindiffuser_published, TN- columns with takagi (299 px, CLIPProcessor): each group
+    equals a one-convention computation of its columns (the reference path, tests/metric_reference.py)."""
+    from metric_reference import reference_metrics
+
+    rng = np.random.default_rng(23)
+    gt = _imgs(rng, 4, 40)
+    rec = np.stack([np.clip(gt.astype(int) + rng.integers(-60, 60, gt.shape), 0, 255).astype(np.uint8)
+                    for _ in range(2)], 1)
+    sub = {k: nets[k] for k in ("alexnet", "inception_v3", "clip")}
+    cols = ["AlexNet(2)", "Inception", "CLIP", *TAKAGI_COLUMNS]
+    res = evaluate(gt, rec, sub, convention="braindiffuser_published", takagi_convention="takagi", metrics=cols)
+    assert res["convention"] == "braindiffuser_published" and res["tn_convention"] == "takagi"
+    bd = reference_metrics(gt, rec, sub, "braindiffuser_published", metrics=cols[:3])
+    tn = reference_metrics(gt, rec, sub, "takagi", metrics=list(TAKAGI_COLUMNS))
+    for c in cols[:3]:
+        assert res[c] == pytest.approx(bd[c], abs=1e-9), c
+    for c in TAKAGI_COLUMNS:
+        assert res[c] == pytest.approx(tn[c], abs=1e-9), c
+    # the convention matters: the TN correlations differ from the same columns computed the BD way
+    from brainrecon.models.plan import Runtime
+
+    def bank(tn_conv):
+        st = EvalSettings.build(convention="braindiffuser_published", takagi_convention=tn_conv)
+        return compute_scores(gt, rec, sub, st, metrics=list(TAKAGI_COLUMNS), runtime=Runtime("cpu", "float32", 8))
+
+    a, b = bank("takagi"), bank("braindiffuser_published")
+    assert set(a.corr) == {(n, lay, "takagi") for n, lay in {(metric_spec(c).net, metric_spec(c).layer)
+                                                             for c in TAKAGI_COLUMNS}}
+    ka, kb = ("clip", "image_embeds", "takagi"), ("clip", "image_embeds", "braindiffuser_published")
+    assert not np.allclose(a.corr[ka], b.corr[kb], atol=1e-4)
+
+
+def test_conventions_name_their_weights_and_defaults():
+    from brainrecon.evaluate.plan import CONVENTIONS, PIXEL_CONVENTIONS
+    from brainrecon.evaluate.stage import eval_net_files
+    from brainrecon.schema import defaults
+
+    ev = defaults("evaluate")
+    assert (ev["convention"], ev["takagi_convention"]) == ("braindiffuser_published", "takagi")
+    assert set(PIXEL_CONVENTIONS) == {"braindiffuser_published", "braindiffuser", "mindeye"}
+    assert CONVENTIONS["mindeye"].weights == {"efficientnet_b1": "IMAGENET1K_V2"}
+    s = EvalSettings.build(convention="mindeye")
+    assert s.net_weights() == {"efficientnet_b1": "IMAGENET1K_V2"} and EvalSettings.build().net_weights() == {}
+    import torchvision.models as tvm
+
+    v2 = eval_net_files(["efficientnet_b1"], s.net_weights())["efficientnet_b1"][0]
+    assert v2 == tvm.EfficientNet_B1_Weights.IMAGENET1K_V2.url != tvm.EfficientNet_B1_Weights.IMAGENET1K_V1.url
+    assert s.convention_of("TN-CLIP-late") == "takagi" and s.convention_of("SSIM") == "mindeye"
+
+
 # --------------------------------------------------------------------------- building / weights
 def test_tiny_weights_are_seeded_and_leave_global_rng_alone():
     torch.manual_seed(123)
@@ -471,6 +600,7 @@ def test_evaluate_all_identical_images(nets, tmp_path):
     gt = _imgs(np.random.default_rng(12), 3, 36)
     res = evaluate(gt, gt.copy(), nets, convention="braindiffuser")
     assert res["convention"] == "braindiffuser" and res["n_images"] == 3 and res["n_samples"] == 1
+    assert "tn_convention" not in res  # no TN- column computed
     assert list(res)[3:] == list(BRAINDIFFUSER_COLUMNS)
     for col in ("PixCorr", "SSIM", "AlexNet(2)", "AlexNet(5)", "Inception", "CLIP"):
         assert res[col] == pytest.approx(1.0, abs=1e-9), col
@@ -487,7 +617,8 @@ def test_evaluate_all_identical_images(nets, tmp_path):
     assert all(res_s[c] == 1.0 for c in TAKAGI_COLUMNS)
     write_metrics_csv(tmp_path / "m.csv", [{"method": "x", **res_s}])
     header = (tmp_path / "m.csv").read_text().splitlines()[0].split(",")
-    assert header == ["method", "convention", "n_images", "n_samples", "PixCorr", "AlexNet(5)", *TAKAGI_COLUMNS]
+    assert header == ["method", "convention", "tn_convention", "n_images", "n_samples", "PixCorr", "AlexNet(5)",
+                      *TAKAGI_COLUMNS]
 
 
 def test_evaluate_all_nway(nets):
@@ -529,8 +660,12 @@ def test_bad_inputs_raise_clear_errors(nets):
         extract_features("clip", nets["clip"], gt, ["hidden_states.13"])
     with pytest.raises(ValueError, match="unknown preprocessing convention 'kamitani'"):
         extract_features("alexnet", nets["alexnet"], gt, ["features.4"], convention="kamitani")
-    with pytest.raises(ValueError, match="unknown preprocessing convention"):
+    with pytest.raises(ValueError, match="evaluate.convention 'kamitani'"):
         evaluate(gt, gt, nets, convention="kamitani")
+    with pytest.raises(ValueError, match="'takagi' is not a convention of the Brain-Diffuser columns"):
+        evaluate(gt, gt, nets, convention="takagi")  # it defines no pixel metrics
+    with pytest.raises(ValueError, match="takagi.*defines no preprocessing for swav"):
+        extract_features("swav", nets["swav"], gt, ["avgpool"], convention="takagi")
     with pytest.raises(ValueError, match="unknown metric 'FID'"):
         evaluate(gt, gt, nets, metrics=["FID"])
     with pytest.raises(ValueError, match="not given.*SwAV"):

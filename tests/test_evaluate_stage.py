@@ -107,7 +107,8 @@ IDS = {"method": "braindiffuser", "variant": "full", "subject": "01", "weights":
 
 def settings(metrics=None, **nway):
     """EvalSettings of ``metrics`` (convention braindiffuser); nway: ``n``, ``trials``, ``net``, ``seed``."""
-    return EvalSettings(convention="braindiffuser", metrics=tuple(metrics or ()), takagi_for_samples=True,
+    return EvalSettings(convention="braindiffuser", takagi_convention="braindiffuser", metrics=tuple(metrics or ()),
+                        takagi_for_samples=True,
                         nway_n=tuple(nway.get("n", ())), nway_trials=nway.get("trials", 100),
                         nway_net=nway.get("net", "inception_v3"), seed=nway.get("seed", 0))
 

@@ -23,11 +23,13 @@ SUBJECTS = ["01", "02", "05"]
 
 
 def write_eval_csv(path, method, variant, subject, values, convention="braindiffuser", n_images=10, n_samples=1,
-                   subset="all", exclusion="", n_excluded=0):
+                   subset="all", exclusion="", n_excluded=0, tn_convention="takagi"):
     path.parent.mkdir(parents=True, exist_ok=True)
     row = {"method": method, "variant": variant, "subject": subject, "weights": "tiny", "subset": subset,
            "exclusion": exclusion, "n_excluded": n_excluded, "convention": convention, "n_images": n_images,
            "n_samples": n_samples, **values}
+    if any(k.startswith("TN-") for k in values):  # as the evaluation writes it
+        row["tn_convention"] = tn_convention
     pd.DataFrame([row]).to_csv(path, index=False)
     return path
 
@@ -76,6 +78,8 @@ def test_table1_mean_and_sd_over_subjects(tmp_path, bd_csvs):
 
     md = (out / "t.md").read_text()
     assert "`braindiffuser`" in md and "224 x 224" in md  # the preprocessing convention is stated
+    # and the paper's (Brain-Diffuser's Table 1 came from its published convention, not this one)
+    assert "came from convention `braindiffuser_published` - NOT ours" in md
     ours_at, paper_at = md.index("## This pipeline"), md.index("## Reported in the papers")
     assert ours_at < paper_at
     assert "| 94.2 | 96.2 | 87.2 | 91.5 |" in md[paper_at:]  # identification in %, paper style
@@ -131,6 +135,10 @@ def test_takagi_and_methods_tables(tmp_path, bd_csvs):
     assert p["TN-Inception"].tolist() == [0.743, 0.858, 0.864, 0.843]
     md_cells = [c for c in t.ours.columns if c.startswith("TN-")]
     assert md_cells  # TN columns present with their sd
+    # every metric column's convention is named: the TN- columns' in the table and in a note
+    assert set(t.ours["tn_convention"]) == {"takagi"}
+    (note,) = [n for n in t.notes if n.startswith("Convention of TN-")]
+    assert "`takagi`" in note and "CenterCrop(299)" in note and "CLIPProcessor" in note
     m = build_table("methods_table1", paths + tn, method_order=["braindiffuser", "takagi"], variant_order=ORDER)
     assert m.metrics == list(BRAINDIFFUSER_COLUMNS)
     assert m.ours["method"].tolist() == ["braindiffuser"] * 4 + ["takagi"] * 2

@@ -301,6 +301,8 @@ LEAF_KEYS = [
      {recon("full", s) for s in ALL_SUBJECTS} | {recon("roi", s) for s in ROI_SUBJECTS}),
     ("features.vdvae_layers", 30, {feat("vdvae", s) for s in SUBJECTS}),
     ("evaluate.convention", "mindeye", {ev(v, s) for v in VARIANTS for s in ALL_SUBJECTS}),
+    # Brain-Diffuser's single-sample evaluations compute no TN- column: the TN- convention does not reach them
+    ("methods.braindiffuser.roi_recipe", "renormalise", {recon("roi", s) for s in ROI_SUBJECTS}),
     ("regression.cv", 3, {reg(space, s) for space in SPACES for s in SUBJECTS}),
     ("synth.snr", 1.0, {"rule:synth_nsd"}),
     # the tiny models' seed: the two model folders. (evaluate_recon takes it too, for its seeded tiny nets, but
@@ -309,6 +311,20 @@ LEAF_KEYS = [
     ("models.seed", 1, {"resources/demo/models_tiny/vdvae", "resources/demo/models_tiny/vd"}),
     ("report.dpi", 30, {FIGURE}),
 ]
+
+
+def test_convention_switch_reruns_only_evaluation_and_tables(slice_run, tmp_path):
+    """A new evaluation convention (of either column group) reruns the evaluations that use it and the tables
+    reading them - no reconstruction, no figure of images, nothing upstream. The slice's Brain-Diffuser
+    evaluations have no TN- columns, so a new TN- convention reruns nothing at all."""
+    work, cfg = slice_run
+    change = _write_yaml(tmp_path / "change.yaml", _nested("evaluate.convention", "braindiffuser"))
+    jobs = _dry(work, [cfg, change])
+    evals = {ev(v, s): "evaluate_recon" for v in VARIANTS for s in ALL_SUBJECTS}
+    _assert_schedule(jobs, {**evals, TABLE: "report_table"}, params_changed=set(evals))
+    change = _write_yaml(tmp_path / "tn.yaml", _nested("evaluate.takagi_convention", "mindeye"))
+    proc = run_snakemake(*_args(work, [cfg, change], "-n"), timeout=600)
+    assert proc.returncode == 0 and _parse_jobs(proc.stdout) == [], proc.stdout[-3000:]
 
 
 @pytest.mark.parametrize("key,value,expected", LEAF_KEYS, ids=[k for k, _, _ in LEAF_KEYS])

@@ -27,6 +27,7 @@ if EVAL_WEIGHTS == "pretrained" and set(EVAL_NETS) - {"clip"}:
             "../../envs/base.yaml"
         params:
             nets=[n for n in EVAL_NETS if n != "clip"],
+            members=evaluate_plan.EvalSettings.from_section(EVAL).net_weights(),
             retries=config["nsd"]["download"]["retries"],
             backoff_s=config["nsd"]["download"]["backoff_s"],
             timeout_s=config["nsd"]["download"]["timeout_s"],
@@ -68,7 +69,7 @@ rule evaluate_recon:
             "subject": wildcards.subject,
             "weights": EVAL_WEIGHTS,
         },
-        settings=evaluate_plan.EvalSettings.from_section(EVAL).as_params(),
+        settings=lambda wildcards: evaluate_plan.rule_settings(config, wildcards.method),
         model_seed=config["models"]["seed"],
         dtype=models_plan.compute_dtype(config["models"]),
         batch_size=lambda wildcards, output: EVAL["batch_size"],

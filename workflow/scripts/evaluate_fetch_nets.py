@@ -8,6 +8,7 @@ with log_to(snakemake.log[0]):  # noqa: F821  (snakemake is injected)
     fetch_eval_nets(
         snakemake.output[0],  # noqa: F821
         p.nets,
+        members=dict(p.members),
         retries=p.retries,
         backoff_s=p.backoff_s,
         timeout_s=p.timeout_s,

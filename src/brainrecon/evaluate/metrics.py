@@ -9,11 +9,13 @@ Pixel metrics take images, feature metrics take flattened features:
   image), one row per image; anything of higher rank is flattened after the first axis
   (or first two axes for samples).
 
-Resizing (PixCorr, SSIM): the reconstruction is resized to the ground-truth size with
-bilinear interpolation and anti-aliasing (``torch.nn.functional.interpolate(mode="bilinear",
-align_corners=False, antialias=True)``, which is what ``torchvision.transforms.Resize(...,
-InterpolationMode.BILINEAR)`` does on tensors, the MindEye evaluation code path), on float
-values in [0, 1] without re-quantisation to uint8.
+Resizing (PixCorr, SSIM; :func:`resize_for_pixels`): the reconstruction is resized to the ground-truth
+size either with bilinear interpolation and anti-aliasing on float values in [0, 1]
+(``torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=True)``, what
+``torchvision.transforms.Resize`` does on tensors, the MindEye code path) or with PIL's default
+(bicubic) ``Image.resize`` of the uint8 image (Brain-Diffuser's script). SSIM is the 2-D SSIM of
+scikit-image >= 0.19 or the per-column 1-D SSIM that scikit-image 0.17.2 computed for Brain-Diffuser
+(:func:`ssim_columns`).
 
 Correlations are Pearson r computed in float64: rows are centred, divided by their norm,
 and multiplied; a constant row (zero variance) has no Pearson r and raises ``ValueError``
@@ -32,6 +34,10 @@ from tqdm.auto import tqdm
 __all__ = [
     "as_uint8_images",
     "resize_images",
+    "resize_for_pixels",
+    "pixel_corr",
+    "ssim_columns",
+    "ssim_pair",
     "pixcorr",
     "ssim_score",
     "corr_matrix",
@@ -148,7 +154,77 @@ def resize_images(images_uint8: np.ndarray, size: tuple[int, int], device=None) 
     return t
 
 
-def _pixel_pairs(gt, recon, batch_size, device, desc):
+def resize_for_pixels(images_uint8: np.ndarray, size: tuple[int, int], method: str = "tensor_bilinear",
+                      device=None) -> np.ndarray:
+    """The reconstructions the pixel metrics compare: float64 (N, H, W, 3) in [0, 1] at ``size`` = (H, W).
+
+    ``tensor_bilinear``: :func:`resize_images` (MindEye); ``pil_bicubic``: PIL's default ``Image.resize`` of
+    the uint8 image (bicubic for RGB; Brain-Diffuser's ``evaluate_reconstruction.py``), then /255.
+    """
+    if method == "tensor_bilinear":
+        return resize_images(images_uint8, size, device).permute(0, 2, 3, 1).cpu().numpy()
+    if method != "pil_bicubic":
+        raise ValueError(f"pixel resize must be 'tensor_bilinear' or 'pil_bicubic', got {method!r}")
+    from PIL import Image
+
+    h, w = int(size[0]), int(size[1])
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize((w, h), resample=Image.BICUBIC))
+           if a.shape[:2] != (h, w) else a for a in images_uint8]
+    return np.stack(out).astype(np.float64) / 255.0
+
+
+def pixel_corr(g: np.ndarray, r: np.ndarray, label: str = "image") -> float:
+    """Pearson r of two images' flattened RGB values (float); ValueError for a constant image."""
+    gc = g.ravel() - g.mean()
+    rc = r.ravel() - r.mean()
+    den = np.sqrt((gc @ gc) * (rc @ rc))
+    if den == 0:
+        raise ValueError(f"PixCorr: {label} is constant in gt or recon; Pearson r is undefined")
+    return float(gc @ rc / den)
+
+
+#: scikit-image's gaussian window: sigma 1.5, truncate 3.5 -> radius int(3.5 * 1.5 + 0.5) = 5 (11 taps)
+_SSIM_SIGMA, _SSIM_TRUNCATE = 1.5, 3.5
+
+
+def ssim_columns(g_gray: np.ndarray, r_gray: np.ndarray) -> float:
+    """scikit-image 0.17.2's ``structural_similarity(g, r, multichannel=True, gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False, data_range=1.0)`` on 2-D grey images (H, W): it takes the last
+    axis for channels, so this is the mean over the W columns of the 1-D SSIM of each column — gaussian
+    filter along the column (11 taps, scipy's ``reflect`` mode), population covariances (cov_norm 1),
+    K1 = 0.01, K2 = 0.03, the 5 values at each end cropped. What Brain-Diffuser's published SSIM computed."""
+    from scipy.ndimage import gaussian_filter1d
+
+    x, y = np.asarray(g_gray, np.float64), np.asarray(r_gray, np.float64)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"ssim_columns: expected two (H, W) grey images of one shape, got {x.shape}, {y.shape}")
+    pad = int(_SSIM_TRUNCATE * _SSIM_SIGMA + 0.5)
+    if x.shape[0] < 2 * pad + 1:
+        raise ValueError(f"SSIM: {x.shape[0]} px columns are shorter than the 11-tap window")
+
+    def filt(a):
+        return gaussian_filter1d(a, _SSIM_SIGMA, axis=0, mode="reflect", truncate=_SSIM_TRUNCATE)
+
+    c1, c2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
+    ux, uy = filt(x), filt(y)
+    vx, vy, vxy = filt(x * x) - ux * ux, filt(y * y) - uy * uy, filt(x * y) - ux * uy
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+    return float(s[pad:x.shape[0] - pad].mean(0).mean())
+
+
+def ssim_pair(g_gray: np.ndarray, r_gray: np.ndarray, kind: str = "2d") -> float:
+    """SSIM of two grey float images in [0, 1]: ``2d`` (scikit-image >= 0.19, :data:`SSIM_KWARGS`) or
+    ``columns_1d`` (:func:`ssim_columns`)."""
+    if kind == "columns_1d":
+        return ssim_columns(g_gray, r_gray)
+    if kind != "2d":
+        raise ValueError(f"SSIM kind must be '2d' or 'columns_1d', got {kind!r}")
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(g_gray, r_gray, **SSIM_KWARGS))
+
+
+def _pixel_pairs(gt, recon, batch_size, device, desc, resize="tensor_bilinear"):
     """Yield (gt_i, recon_i) float64 numpy (H, W, 3) in [0, 1], recon resized to the GT size."""
     gt = as_uint8_images(gt, "gt")
     recon = as_uint8_images(recon, "recon")
@@ -157,51 +233,43 @@ def _pixel_pairs(gt, recon, batch_size, device, desc):
     with tqdm(total=gt.shape[0], desc=desc, leave=False) as bar:
         for s in range(0, gt.shape[0], batch_size):
             g = gt[s : s + batch_size].astype(np.float64) / 255.0
-            r = resize_images(recon[s : s + batch_size], size, device).permute(0, 2, 3, 1).cpu().numpy()
+            r = resize_for_pixels(recon[s : s + batch_size], size, resize, device)
             for gi, ri in zip(g, r):
                 yield gi, ri
             bar.update(len(g))
 
 
-def pixcorr(gt, recon, batch_size: int = 16, device=None) -> float:
+def pixcorr(gt, recon, batch_size: int = 16, device=None, resize: str = "tensor_bilinear") -> float:
     """Mean per-image pixel correlation (Brain-Diffuser / MindEye "PixCorr").
 
-    gt: uint8 (N, H, W, 3) (NSD: 425 px); recon: uint8 (N, h, w, 3), resized to (H, W)
-    (bilinear, anti-aliased). For each image the RGB values are flattened and Pearson r
-    computed (numpy ``corrcoef`` semantics); the N values are averaged. Constant images
-    raise ``ValueError`` (r undefined).
+    gt: uint8 (N, H, W, 3) (NSD: 425 px); recon: uint8 (N, h, w, 3), resized to (H, W) by ``resize``
+    (:func:`resize_for_pixels`). For each image the RGB values are flattened and Pearson r computed (numpy
+    ``corrcoef`` semantics); the N values are averaged. Constant images raise ``ValueError`` (r undefined).
     """
-    rs = []
-    for i, (g, r) in enumerate(_pixel_pairs(gt, recon, batch_size, device, "PixCorr")):
-        g = g.ravel() - g.mean()
-        r = r.ravel() - r.mean()
-        den = np.sqrt((g @ g) * (r @ r))
-        if den == 0:
-            raise ValueError(f"PixCorr: image {i} is constant in gt or recon; Pearson r is undefined")
-        rs.append(float(g @ r / den))
+    rs = [pixel_corr(g, r, f"image {i}")
+          for i, (g, r) in enumerate(_pixel_pairs(gt, recon, batch_size, device, "PixCorr", resize))]
     return float(np.mean(rs))
 
 
-def ssim_score(gt, recon, batch_size: int = 16, device=None) -> float:
+def ssim_score(gt, recon, batch_size: int = 16, device=None, resize: str = "tensor_bilinear",
+               kind: str = "2d") -> float:
     """Mean SSIM on grayscale images (Brain-Diffuser / MindEye "SSIM").
 
-    recon resized to the GT size (bilinear, anti-aliased), both converted with
-    ``skimage.color.rgb2gray`` on float [0, 1], then ``skimage.metrics.structural_similarity``
-    with ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0``
-    (scikit-image >= 0.20 semantics); mean over the N images.
+    recon resized to the GT size by ``resize``, both converted with ``skimage.color.rgb2gray`` on float
+    [0, 1] (0.2125 R + 0.7154 G + 0.0721 B), then :func:`ssim_pair` of ``kind``: ``2d`` =
+    ``skimage.metrics.structural_similarity`` with ``gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1.0`` (scikit-image >= 0.19), ``columns_1d`` = what
+    scikit-image 0.17.2 computed for Brain-Diffuser (:func:`ssim_columns`); mean over the N images.
     """
     from skimage.color import rgb2gray
-    from skimage.metrics import structural_similarity
 
     gt_arr = as_uint8_images(gt, "gt")
     if min(gt_arr.shape[1:3]) < _SSIM_MIN_SIDE:
         raise ValueError(
             f"SSIM: gt images are {gt_arr.shape[1:3]} px; the 11x11 gaussian window (sigma 1.5) needs >= 11 px"
         )
-    vals = [
-        float(structural_similarity(rgb2gray(g), rgb2gray(r), **SSIM_KWARGS))
-        for g, r in _pixel_pairs(gt_arr, recon, batch_size, device, "SSIM")
-    ]
+    vals = [ssim_pair(rgb2gray(g), rgb2gray(r), kind)
+            for g, r in _pixel_pairs(gt_arr, recon, batch_size, device, "SSIM", resize)]
     return float(np.mean(vals))
 
 

@@ -30,14 +30,17 @@ Layers (``extract_features(..., layers=[...])``): any module name of a torchvisi
 ``pre_layrnorm``, K = output of block K).
 The layers the metrics use are listed in :data:`STANDARD_LAYERS`.
 
-Preprocessing conventions (:data:`CONVENTIONS`; every image is first scaled to float [0, 1]):
-  * ``"braindiffuser"``: every net gets a (224, 224) resize; ImageNet mean/std, CLIP its own
-    mean/std (Brain-Diffuser's ``eval_extract_features``);
-  * ``"mindeye"``: ``torchvision.transforms.Resize(S)`` semantics (shorter edge to S, aspect
-    kept; square images become S x S) with S = AlexNet 256, Inception 342, EffNet-B1 255,
-    SwAV 224, CLIP 224; same normalisations; no centre crop (MindEye's Reconstruction_Metrics).
-  All resizes are bilinear, ``align_corners=False``, anti-aliased (torchvision tensor
-  ``Resize(BILINEAR)``, close to PIL's bilinear resize). Inputs are never centre-cropped.
+Preprocessing conventions (:data:`~.plan.CONVENTIONS`, each net's :class:`~.plan.NetPrep`):
+  * ``"braindiffuser_published"``: PIL bilinear resize of the uint8 image to (224, 224), then /255 —
+    Brain-Diffuser's ``eval_extract_features.py`` (``T.functional.resize(img, (224, 224))`` on PIL images);
+  * ``"braindiffuser"``: the same size as a float tensor resize (bilinear, anti-aliased);
+  * ``"mindeye"``: ``torchvision.transforms.Resize(S)`` semantics on tensors (shorter edge to S, aspect kept)
+    with S = AlexNet 256, Inception 342, EffNet-B1 255, SwAV 224, CLIP 224, no centre crop (MindEye's
+    Reconstruction_Metrics), EffNet-B1 ``IMAGENET1K_V2`` weights (MindEye's ``DEFAULT``);
+  * ``"takagi"``: AlexNet / Inception ``Resize(299)`` + ``CenterCrop(299)`` on PIL images (bilinear), CLIP
+    the Hugging Face ``CLIPImageProcessor`` (PIL bicubic shortest edge 224, centre crop 224) — Takagi's
+    ``img2feat_decoded.py``.
+  Normalisation: ImageNet mean/std, CLIP's own for CLIP.
 
 Why one long module: five networks, each with its weights resolution, preprocessing and layer names; the
 tables only make sense next to each other (the metrics name their layers).
@@ -319,34 +322,73 @@ def build_eval_net(name: str, weights="tiny", seed: int = 0, cache_dir=None) -> 
 
 
 # --------------------------------------------------------------------------- preprocessing
-def _check_convention(convention):
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown preprocessing convention {convention!r}; known: {', '.join(CONVENTIONS)}")
-
-
-def preprocess_size(height: int, width: int, net_name: str, convention: str) -> tuple[int, int]:
-    """Output (H, W) of :func:`preprocess` for an input of (height, width)."""
+def _prep(net_name: str, convention: str):
     _check_name(net_name)
-    _check_convention(convention)
-    size, mode = CONVENTIONS[convention][net_name]
-    if mode == "square" or height == width:
+    conv = CONVENTIONS.get(convention)
+    if conv is None:
+        raise ValueError(f"unknown preprocessing convention {convention!r}; known: {', '.join(CONVENTIONS)}")
+    if net_name not in conv.nets:
+        raise ValueError(f"convention {convention!r} defines no preprocessing for {net_name} "
+                         f"(it covers {', '.join(conv.nets)})")
+    return conv.nets[net_name]
+
+
+def _shorter_edge(height: int, width: int, size: int) -> tuple[int, int]:
+    """torchvision ``Resize(int)`` / HF ``shortest_edge``: the shorter edge -> size, the longer int(size·long/short)."""
+    if height == width:
         return size, size
-    # torchvision Resize(int): the shorter edge becomes `size`, the longer int(size * long / short)
     if height < width:
         return size, int(size * width / height)
     return int(size * height / width), size
 
 
+def preprocess_size(height: int, width: int, net_name: str, convention: str) -> tuple[int, int]:
+    """Output (H, W) of :func:`preprocess` for an input of (height, width)."""
+    prep = _prep(net_name, convention)
+    if prep.mode in ("square", "pil_square", "pil_shorter_crop", "clip_processor"):
+        return prep.size, prep.size
+    return _shorter_edge(height, width, prep.size)
+
+
+def _center_crop(a: np.ndarray, size: int, hf: bool) -> np.ndarray:
+    """Centre ``size`` x ``size`` of an (H, W, 3) array: torchvision's offsets ``int(round((H - S) / 2))`` or
+    Hugging Face's ``(H - S) // 2``."""
+    h, w = a.shape[:2]
+    top = (h - size) // 2 if hf else int(round((h - size) / 2.0))
+    left = (w - size) // 2 if hf else int(round((w - size) / 2.0))
+    return a[top:top + size, left:left + size]
+
+
+def _pil_resize(arr: np.ndarray, prep) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> uint8 (N, S, S, 3) by a PIL mode of :class:`~.plan.NetPrep`."""
+    from PIL import Image
+
+    out = []
+    for a in arr:
+        h, w = a.shape[:2]
+        img = Image.fromarray(np.ascontiguousarray(a))
+        if prep.mode == "pil_square":
+            out.append(np.asarray(img.resize((prep.size, prep.size), resample=Image.BILINEAR)))
+            continue
+        nh, nw = _shorter_edge(h, w, prep.size)
+        resample = Image.BICUBIC if prep.mode == "clip_processor" else Image.BILINEAR
+        r = np.asarray(img.resize((nw, nh), resample=resample)) if (nh, nw) != (h, w) else a
+        out.append(_center_crop(r, prep.size, hf=prep.mode == "clip_processor"))
+    return np.stack(out)
+
+
 def preprocess(images, net_name: str, convention: str, device=None) -> torch.Tensor:
     """uint8 images (N, H, W, 3) -> normalised float32 tensor (N, 3, H', W') for ``net_name``.
 
-    Steps: /255 -> resize per ``convention`` (bilinear, anti-aliased; :data:`CONVENTIONS`) ->
-    ``(x - mean) / std`` with ImageNet statistics, or CLIP's for ``clip``.
+    Steps (the convention's :class:`~.plan.NetPrep`): PIL modes resize (and crop) the uint8 image with PIL,
+    then /255; tensor modes /255, then resize bilinearly with anti-aliasing; then ``(x - mean) / std`` with
+    ImageNet statistics, or CLIP's for ``clip``.
     """
-    _check_name(net_name)
-    _check_convention(convention)
+    prep = _prep(net_name, convention)
     arr = as_uint8_images(images, "images")
     dev = torch.device("cpu") if device is None else torch.device(device)
+    if prep.mode.startswith("pil_") or prep.mode == "clip_processor":
+        arr = _pil_resize(arr, prep)
     x = torch.from_numpy(np.ascontiguousarray(arr)).to(dev).permute(0, 3, 1, 2).to(torch.float32) / 255.0
     size = preprocess_size(x.shape[2], x.shape[3], net_name, convention)
     if tuple(x.shape[2:]) != size:
@@ -413,8 +455,7 @@ def extract_features(
     at once, so later in-place ops such as ``ReLU(inplace=True)`` cannot alter them) and
     flattened; CLIP layers come from the model output. Results are float32 on the CPU.
     """
-    _check_name(net_name)
-    _check_convention(convention)
+    _prep(net_name, convention)
     layers = check_layers(net_name, model, layers)
     arr = as_uint8_images(images_uint8, "images")
     if batch_size < 1:

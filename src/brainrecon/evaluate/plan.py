@@ -19,7 +19,8 @@ Takagi & Nishimoto identification over samples (:data:`TAKAGI_COLUMNS`, "TN-" pr
 CnD (optional)
   ``{n}-way-top1`` e.g. ``50-way-top1``: n-way top-1 with an ImageNet classifier's logits
   (``nway_net``; default Inception-v3 ``fc``; CnD/MinD-Vis used a ViT-H/14 classifier).
-Metadata (:data:`META_COLUMNS`): ``convention`` (preprocessing convention name), ``n_images``,
+Metadata (:data:`META_COLUMNS`): ``convention`` (the convention of the Brain-Diffuser / MindEye / n-way
+columns, :data:`CONVENTIONS`), ``tn_convention`` (of the TN- columns, when computed), ``n_images``,
 ``n_samples``.
 """
 
@@ -33,24 +34,95 @@ from typing import Mapping
 from ..models.plan import model_dir
 from ..nsd.plan import STIMULI, brick
 from ..nsd.plan import subjects as nsd_subjects
-from ..reconstruct.plan import RECON, method_plans
+from ..reconstruct.plan import MULTI_SAMPLE, RECON, method_plans
 
 #: evaluation networks
 NET_NAMES = ("alexnet", "inception_v3", "efficientnet_b1", "swav", "clip")
 TORCHVISION_NETS = ("alexnet", "inception_v3", "efficientnet_b1", "swav")
 EVAL_WEIGHTS = ("tiny", "pretrained")
-#: convention -> net -> (size, mode). mode "square": resize to (size, size);
-#: mode "shorter": torchvision Resize(size) semantics (shorter edge -> size, aspect kept).
-CONVENTIONS: dict[str, dict[str, tuple[int, str]]] = {
-    "braindiffuser": {n: (224, "square") for n in NET_NAMES},
-    "mindeye": {
-        "alexnet": (256, "shorter"),
-        "inception_v3": (342, "shorter"),
-        "efficientnet_b1": (255, "shorter"),
-        "swav": (224, "shorter"),
-        "clip": (224, "shorter"),
-    },
-}
+
+
+@dataclass(frozen=True)
+class NetPrep:
+    """How a net's input is made from a uint8 image: resized to ``size`` by ``mode``, then /255 and the net's
+    mean/std normalisation (ImageNet, CLIP's for clip).
+
+    modes: ``square`` / ``shorter`` — torch bilinear, anti-aliased, on float [0, 1] (torchvision's tensor
+    ``Resize((S, S))`` / ``Resize(S)``); ``pil_square`` — PIL bilinear on the uint8 image to (S, S)
+    (torchvision ``functional.resize(pil_image, (S, S))``, Brain-Diffuser's ``eval_extract_features.py``);
+    ``pil_shorter_crop`` — PIL bilinear shorter edge to S, then the centre S x S (torchvision ``Resize(S)`` +
+    ``CenterCrop(S)`` on PIL images, Takagi's ``img2feat_decoded.py``); ``clip_processor`` — PIL bicubic
+    shortest edge to S, centre crop S (Hugging Face ``CLIPImageProcessor``, Takagi's CLIP).
+    """
+
+    size: int
+    mode: str
+
+
+NET_PREP_MODES = ("square", "shorter", "pil_square", "pil_shorter_crop", "clip_processor")
+PIXEL_RESIZES = ("tensor_bilinear", "pil_bicubic")
+SSIM_KINDS = ("2d", "columns_1d")
+
+
+@dataclass(frozen=True)
+class Convention:
+    """A named evaluation convention: the nets' preprocessing, and (for the Brain-Diffuser/MindEye columns)
+    how PixCorr / SSIM resize and compute, and which pretrained weights a net takes.
+
+    pixel_resize: the reconstruction to the GT size — ``tensor_bilinear`` (anti-aliased, float, MindEye) or
+    ``pil_bicubic`` (PIL's default ``resize`` on the uint8 image, Brain-Diffuser's script); ``None`` for a
+    convention of net columns only. ssim: ``2d`` (scikit-image >= 0.19 on the grey image) or ``columns_1d``
+    (scikit-image 0.17.2 with ``multichannel=True`` on a 2-D grey image = the mean of per-column 1-D SSIMs,
+    Brain-Diffuser's published numbers). weights: ``{net: torchvision weights member}`` where the convention
+    differs from the nets' default (``IMAGENET1K_V1``).
+    """
+
+    name: str
+    nets: Mapping[str, NetPrep]
+    pixel_resize: str | None
+    ssim: str | None
+    weights: Mapping[str, str]
+    description: str
+
+    def __post_init__(self):
+        bad = {n: p.mode for n, p in self.nets.items() if p.mode not in NET_PREP_MODES}
+        if bad or set(self.nets) != set(NET_NAMES) and self.pixel_resize is not None:
+            raise ValueError(f"convention {self.name}: bad net preprocessing {bad or self.nets}")
+        if self.pixel_resize not in (None, *PIXEL_RESIZES) or self.ssim not in (None, *SSIM_KINDS):
+            raise ValueError(f"convention {self.name}: pixel_resize {self.pixel_resize!r} / ssim {self.ssim!r}")
+
+
+_MINDEYE_SIZES = {"alexnet": 256, "inception_v3": 342, "efficientnet_b1": 255, "swav": 224, "clip": 224}
+#: every convention, by name (evaluate.convention: the Brain-Diffuser / MindEye / n-way columns;
+#: evaluate.takagi_convention: the TN- columns)
+CONVENTIONS: dict[str, Convention] = {c.name: c for c in (
+    Convention("braindiffuser_published", {n: NetPrep(224, "pil_square") for n in NET_NAMES}, "pil_bicubic",
+               "columns_1d", {},
+               "Brain-Diffuser's published numbers (scripts/evaluate_reconstruction.py, eval_extract_features.py, "
+               "scikit-image 0.17.2, Pillow 9): nets get PIL bilinear 224 x 224; PixCorr on RGB after PIL's default "
+               "(bicubic) resize of the reconstruction to 425 px; SSIM = scikit-image 0.17.2's multichannel=True on "
+               "the 2-D grey image, i.e. the mean over columns of 1-D (vertical) gaussian SSIMs"),
+    Convention("braindiffuser", {n: NetPrep(224, "square") for n in NET_NAMES}, "tensor_bilinear", "2d", {},
+               "Brain-Diffuser's net inputs (224 x 224) resized as tensors (bilinear, anti-aliased); PixCorr after a "
+               "bilinear tensor resize; modern 2-D SSIM (ours: the SSIM the paper meant)"),
+    Convention("mindeye", {n: NetPrep(s, "shorter") for n, s in _MINDEYE_SIZES.items()}, "tensor_bilinear", "2d",
+               {"efficientnet_b1": "IMAGENET1K_V2"},
+               "MindEye's Reconstruction_Metrics: torchvision Resize(S) per net (AlexNet 256, Inception 342, "
+               "EffNet-B1 255, SwAV 224, CLIP 224), EffNet-B1 DEFAULT (= IMAGENET1K_V2) weights, bilinear PixCorr "
+               "resize, 2-D SSIM"),
+    Convention("takagi", {"alexnet": NetPrep(299, "pil_shorter_crop"), "inception_v3": NetPrep(299, "pil_shorter_crop"),
+                          "clip": NetPrep(224, "clip_processor")}, None, None, {},
+               "Takagi & Nishimoto's img2feat_decoded.py: AlexNet and Inception get Resize(299) + CenterCrop(299) "
+               "(PIL bilinear), CLIP the Hugging Face CLIPProcessor (PIL bicubic shortest edge 224, centre crop 224)"),
+)}
+#: conventions of the Brain-Diffuser / MindEye columns (with pixel metrics)
+PIXEL_CONVENTIONS = tuple(n for n, c in CONVENTIONS.items() if c.pixel_resize is not None)
+
+
+def convention(name: str) -> Convention:
+    if name not in CONVENTIONS:
+        raise ValueError(f"unknown evaluation convention {name!r}; known: {', '.join(CONVENTIONS)}")
+    return CONVENTIONS[name]
 
 
 @dataclass(frozen=True)
@@ -86,7 +158,7 @@ _SPECS = [
 METRICS: dict[str, MetricSpec] = {s.column: s for s in _SPECS}
 BRAINDIFFUSER_COLUMNS = ("PixCorr", "SSIM", "AlexNet(2)", "AlexNet(5)", "Inception", "CLIP", "EffNet-B", "SwAV")
 TAKAGI_COLUMNS = tuple(c for c in METRICS if c.startswith("TN-"))
-META_COLUMNS = ("convention", "n_images", "n_samples")
+META_COLUMNS = ("convention", "tn_convention", "n_images", "n_samples")
 #: ImageNet logits layer per classifier net, for ``{n}-way-top1``.
 NWAY_LAYERS = {"inception_v3": "fc", "alexnet": "classifier.6", "efficientnet_b1": "classifier.1"}
 NWAY_RE = re.compile(r"^(\d+)-way-top1$")
@@ -135,12 +207,14 @@ def resolve_metrics(metrics=None, with_samples: bool = False, add_takagi: bool =
 class EvalSettings:
     """What changes the numbers of an evaluation (the ``evaluate`` config section).
 
-    convention: the nets' preprocessing (:data:`CONVENTIONS`); metrics: the columns asked for
-    (``evaluate.metrics``); takagi_for_samples: add the TN- columns to multi-sample reconstructions;
+    convention: the Brain-Diffuser / MindEye / n-way columns' convention (:data:`PIXEL_CONVENTIONS`);
+    takagi_convention: the TN- columns' (:data:`CONVENTIONS`, default ``takagi``); metrics: the columns asked
+    for (``evaluate.metrics``); takagi_for_samples: add the TN- columns to multi-sample reconstructions;
     nway_n, nway_trials, nway_net: the optional ``{n}-way-top1`` columns; seed: of the n-way distractors.
     """
 
     convention: str
+    takagi_convention: str | None
     metrics: tuple[str, ...]
     takagi_for_samples: bool
     nway_n: tuple[int, ...]
@@ -149,8 +223,11 @@ class EvalSettings:
     seed: int
 
     def __post_init__(self):
-        if self.convention not in CONVENTIONS:
-            raise ValueError(f"unknown preprocessing convention {self.convention!r}; known: {', '.join(CONVENTIONS)}")
+        if self.convention not in PIXEL_CONVENTIONS:
+            raise ValueError(f"evaluate.convention {self.convention!r} is not a convention of the Brain-Diffuser "
+                             f"columns; known: {', '.join(PIXEL_CONVENTIONS)}")
+        if self.takagi_convention is not None:
+            convention(self.takagi_convention)
         object.__setattr__(self, "metrics", tuple(self.metrics))
         object.__setattr__(self, "nway_n", tuple(int(n) for n in self.nway_n))
 
@@ -160,7 +237,7 @@ class EvalSettings:
         from ..schema import defaults
 
         nway = {**defaults("evaluate.nway"), "n": (), **(ev.get("nway") or {})}
-        return cls(convention=ev["convention"], metrics=tuple(ev["metrics"]),
+        return cls(convention=ev["convention"], takagi_convention=ev["takagi_convention"], metrics=tuple(ev["metrics"]),
                    takagi_for_samples=bool(ev["takagi_for_samples"]), nway_n=tuple(nway["n"]),
                    nway_trials=int(nway["trials"]), nway_net=nway["net"], seed=int(ev["seed"]))
 
@@ -176,10 +253,36 @@ class EvalSettings:
 
         return dataclasses.asdict(self)
 
+    def convention_of(self, column: str) -> str:
+        """The convention a metric column is computed with: ``takagi_convention`` for TN- columns."""
+        if metric_spec(column, self.nway_net).kind != "takagi":
+            return self.convention
+        if self.takagi_convention is None:
+            raise ValueError(f"{column}: these settings have no takagi_convention (no TN- columns were planned)")
+        return self.takagi_convention
+
+    def net_weights(self) -> dict:
+        """``{net: torchvision weights member}`` the main convention asks for (e.g. MindEye's EffNet V2)."""
+        return dict(CONVENTIONS[self.convention].weights)
+
     def columns(self, with_samples: bool) -> list[str]:
         """The columns of one evaluation: the metrics, the TN- columns for several samples (if asked),
         the n-way columns."""
-        return resolve_metrics(list(self.metrics), with_samples, self.takagi_for_samples, self.nway_n)
+        cols = resolve_metrics(list(self.metrics), with_samples, self.takagi_for_samples, self.nway_n)
+        tn = [c for c in cols if c in TAKAGI_COLUMNS]
+        if tn and self.takagi_convention is None:
+            raise ValueError(f"TN- columns {tn} need evaluate.takagi_convention (the settings have none: the "
+                             "workflow planned no TN- columns for this method)")
+        return cols
+
+    def for_method(self, multi_sample: bool) -> "EvalSettings":
+        """The settings one method's evaluations depend on: without ``takagi_convention`` when they compute no
+        TN- column (single-sample reconstructions, TN- columns not asked for), so switching it reruns only
+        the evaluations that use it."""
+        import dataclasses
+
+        uses_tn = any(c in TAKAGI_COLUMNS for c in self.metrics) or (multi_sample and self.takagi_for_samples)
+        return self if uses_tn else dataclasses.replace(self, takagi_convention=None)
 
 
 def exclusion_tag(path) -> str:
@@ -261,6 +364,11 @@ def inputs(config: Mapping, method: str, variant: str, subject: str) -> dict:
     return out
 
 
+def rule_settings(config: Mapping, method: str) -> dict:
+    """The evaluate rule's settings params for ``method`` (:meth:`EvalSettings.for_method`)."""
+    return EvalSettings.from_section(config["evaluate"]).for_method(method in MULTI_SAMPLE).as_params()
+
+
 def evalnets_dir(config: Mapping) -> str:
     """Folder of the pretrained torchvision / SwAV evaluation weights (local rule ``evaluate_fetch_nets``)."""
     return f"{config['models']['root']}/evalnets"
@@ -278,8 +386,9 @@ def outputs(config: Mapping) -> dict:
 
 
 __all__ = [
-    "NET_NAMES", "TORCHVISION_NETS", "EVAL_WEIGHTS", "CONVENTIONS", "MetricSpec", "METRICS", "BRAINDIFFUSER_COLUMNS",
+    "NET_NAMES", "TORCHVISION_NETS", "EVAL_WEIGHTS", "NetPrep", "Convention", "CONVENTIONS", "PIXEL_CONVENTIONS",
+    "NET_PREP_MODES", "PIXEL_RESIZES", "SSIM_KINDS", "convention", "MetricSpec", "METRICS", "BRAINDIFFUSER_COLUMNS",
     "TAKAGI_COLUMNS", "META_COLUMNS", "NWAY_LAYERS", "NWAY_RE", "metric_spec", "default_metrics", "required_nets",
     "resolve_metrics", "EvalSettings", "exclusion_tag", "EVAL", "weights", "nets_needed", "evaluation_files", "targets", "inputs",
-    "evalnets_dir", "outputs",
+    "evalnets_dir", "outputs", "rule_settings",
 ]

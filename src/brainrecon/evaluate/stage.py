@@ -62,14 +62,16 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------- evaluation nets
-def eval_net_files(nets=TORCHVISION_NETS) -> dict[str, tuple[str, str]]:
+def eval_net_files(nets=TORCHVISION_NETS, members=None) -> dict[str, tuple[str, str]]:
     """``{net: (url, file name)}`` of the pretrained weight files of the torchvision-based nets.
 
-    URLs come from torchvision's weight enums (``AlexNet_Weights.IMAGENET1K_V1`` ...) and, for
+    URLs come from torchvision's weight enums (``AlexNet_Weights.IMAGENET1K_V1`` ..., or the member
+    ``members[net]`` a convention asks for, e.g. MindEye's EffNet-B1 ``IMAGENET1K_V2``) and, for
     SwAV, :data:`~.nets.SWAV_URL`; the file name is the URL's basename (what
     :func:`~.nets.build_eval_net` looks for in ``cache_dir``). ``clip`` is not a file here (it is
     the models registry's ``clip`` folder) and is skipped.
     """
+    members = dict(members or {})
     import torchvision.models as tvm
 
     out = {}
@@ -82,7 +84,7 @@ def eval_net_files(nets=TORCHVISION_NETS) -> dict[str, tuple[str, str]]:
             url = SWAV_URL
         else:
             enum_name, member = _TV_WEIGHTS[name]
-            url = getattr(tvm, enum_name)[member].url
+            url = getattr(tvm, enum_name)[members.get(name, member)].url
         out[name] = (url, url.rsplit("/", 1)[-1])
     return out
 
@@ -98,7 +100,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch_eval_nets(folder, nets=TORCHVISION_NETS, *, retries: int = 5, backoff_s: float = 2.0,
+def fetch_eval_nets(folder, nets=TORCHVISION_NETS, *, members=None, retries: int = 5, backoff_s: float = 2.0,
                     timeout_s: float = 60.0, check_load: bool = True, progress: bool = True,
                     mirror: str | None = None) -> Path:
     """Download the pretrained weight files of ``nets`` into ``folder`` (all or nothing).
@@ -115,7 +117,8 @@ def fetch_eval_nets(folder, nets=TORCHVISION_NETS, *, retries: int = 5, backoff_
     from ..fetch import download_file
 
     folder = Path(folder)
-    files = eval_net_files(nets)
+    members = dict(members or {})
+    files = eval_net_files(nets, members)
     manifest = {}
     with atomic_dir(folder) as tmp:
         for name, (url, fname) in files.items():
@@ -131,17 +134,23 @@ def fetch_eval_nets(folder, nets=TORCHVISION_NETS, *, retries: int = 5, backoff_
             manifest[name] = {"url": url, "file": fname, "sha256": digest}
         if check_load:
             for name in files:
-                build_eval_net(name, "pretrained", cache_dir=tmp)
+                build_eval_net(name, _named_weights(name, members), cache_dir=tmp)
         (tmp / EVALNETS_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return folder
 
 
-def load_eval_nets(names, weights: str = "tiny", folder=None, clip_folder=None, seed: int = 0) -> dict:
+def _named_weights(name: str, members) -> str:
+    return f"torchvision:{members[name]}" if name in (members or {}) else "pretrained"
+
+
+def load_eval_nets(names, weights: str = "tiny", folder=None, clip_folder=None, seed: int = 0,
+                   members=None) -> dict:
     """``{net: model}`` for the evaluation nets ``names`` (CPU, eval mode).
 
     weights: ``"tiny"`` (seeded random weights, the same architecture classes; ``folder`` and
     ``clip_folder`` unused) or ``"pretrained"``: torchvision / SwAV nets from ``folder`` (written by
-    :func:`fetch_eval_nets`), CLIP from ``clip_folder`` (models registry ``clip`` role folder).
+    :func:`fetch_eval_nets`; ``members``: ``{net: torchvision weights member}`` other than the default,
+    e.g. MindEye's EffNet-B1 V2), CLIP from ``clip_folder`` (models registry ``clip`` role folder).
     """
     if weights not in EVAL_WEIGHTS:
         raise ValueError(f"evaluation weights must be one of {EVAL_WEIGHTS}, got {weights!r}")
@@ -160,7 +169,7 @@ def load_eval_nets(names, weights: str = "tiny", folder=None, clip_folder=None, 
             if folder is None or not Path(folder).is_dir():
                 raise FileNotFoundError(f"{name}: pretrained evaluation needs the evalnets folder, got {folder!r} "
                                         "(written by the evaluate_fetch_nets rule)")
-            nets[name] = build_eval_net(name, "pretrained", seed=seed, cache_dir=folder)
+            nets[name] = build_eval_net(name, _named_weights(name, members), seed=seed, cache_dir=folder)
     return nets
 
 

@@ -25,12 +25,13 @@ from tqdm.auto import tqdm
 from ..io import atomic_path
 from ..models.plan import Runtime
 from .metrics import (
-    SSIM_KWARGS,
     as_uint8_images,
     corr_matrix,
     identification_from_mean_corr,
     nway_top1,
-    resize_images,
+    pixel_corr,
+    resize_for_pixels,
+    ssim_pair,
     two_way_from_corr,
 )
 from .nets import extract_features
@@ -40,6 +41,7 @@ from .plan import (
     METRICS,
     NET_NAMES,
     NWAY_RE,
+    PIXEL_CONVENTIONS,
     EvalSettings,
     metric_spec,
     resolve_metrics,
@@ -48,7 +50,7 @@ from .plan import (
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def check_eval_inputs(gt, recon, nets: dict, metrics, convention: str, nway_net: str):
+def check_eval_inputs(gt, recon, nets: dict, metrics, convention: str, nway_net: str, takagi_convention: str = "takagi"):
     """Validate one evaluation's inputs.
 
     gt: uint8 (N, H, W, 3); recon: uint8 (N, h, w, 3) or (N, S, h, w, 3), row i = image i;
@@ -56,8 +58,11 @@ def check_eval_inputs(gt, recon, nets: dict, metrics, convention: str, nway_net:
     with_samples)``; no duplicates; every net they need must be a key of ``nets``.
     Returns (gt, recon as (N, S, h, w, 3), with_samples, metrics list, their :class:`MetricSpec`).
     """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown preprocessing convention {convention!r}; known: {', '.join(CONVENTIONS)}")
+    if convention not in PIXEL_CONVENTIONS:
+        raise ValueError(f"unknown convention {convention!r} of the Brain-Diffuser columns; known: "
+                         f"{', '.join(PIXEL_CONVENTIONS)}")
+    if takagi_convention not in CONVENTIONS:
+        raise ValueError(f"unknown convention {takagi_convention!r} of the TN- columns; known: {', '.join(CONVENTIONS)}")
     gt = as_uint8_images(gt, "gt", ndim=4)
     rec_ndim = np.ndim(recon)
     if rec_ndim not in (4, 5):
@@ -104,14 +109,16 @@ class ScoreBank:
     """Everything the metrics need, computed once for N images x S samples.
 
     pixel: ``{"PixCorr"|"SSIM": float64 (N, S)}`` per image and sample.
-    corr: ``{(net, layer): float64 (N, N, S)}`` with ``corr[i, j, s] = corr(GT_i, recon_{j,s})``.
-    logits: ``{(net, layer): (gt (N, C), recon (N, S, C))}`` for n-way columns.
+    corr: ``{(net, layer, convention): float64 (N, N, S)}`` with ``corr[i, j, s] = corr(GT_i, recon_{j,s})``.
+    logits: ``{(net, layer, convention): (gt (N, C), recon (N, S, C))}`` for n-way columns.
+    convention: of the Brain-Diffuser / n-way columns; tn_convention: of the TN- columns.
     """
 
     metrics: list[str]
     n_images: int
     n_samples: int
     convention: str
+    tn_convention: str = "takagi"
     nway_net: str = "inception_v3"
     nway_trials: int = 100
     seed: int = 0
@@ -134,23 +141,29 @@ class ScoreBank:
             raise ValueError("subset indices must be distinct and lie in 0..N-1")
         return idx
 
+    def key(self, spec) -> tuple:
+        """Where a column's features live: (net, layer, the column's convention)."""
+        return spec.net, spec.layer, self.tn_convention if spec.kind == "takagi" else self.convention
+
     def summary(self, idx=None) -> dict:
         """``{"convention", "n_images", "n_samples", <metric>: value}`` on the images ``idx``
         (indices or boolean mask; default all) - the same numbers a whole-set call gives
         for ``gt[idx], recon[idx]``."""
         idx = self._idx(idx)
         out = {"convention": self.convention, "n_images": int(len(idx)), "n_samples": int(self.n_samples)}
+        if any(metric_spec(m, self.nway_net).kind == "takagi" for m in self.metrics):
+            out["tn_convention"] = self.tn_convention
         for m in self.metrics:
             sp = metric_spec(m, self.nway_net)
             if sp.kind in ("pixcorr", "ssim"):
                 v = self.pixel[m][idx].mean()
             elif sp.kind == "nway":
                 n_way = int(m.split("-", 1)[0])
-                g, r = self.logits[(sp.net, sp.layer)]
+                g, r = self.logits[self.key(sp)]
                 v = np.mean([nway_top1(g[idx], r[idx, k], n=n_way, trials=self.nway_trials, seed=self.seed)
                              for k in range(self.n_samples)])
             else:
-                c = self.corr[(sp.net, sp.layer)][np.ix_(idx, idx)]  # (n, n, S)
+                c = self.corr[self.key(sp)][np.ix_(idx, idx)]  # (n, n, S)
                 if sp.kind == "two_way":
                     v = np.mean([two_way_from_corr(c[:, :, k]) for k in range(self.n_samples)])
                 elif sp.kind == "corr_dist":
@@ -176,7 +189,7 @@ class ScoreBank:
             elif sp.kind == "nway":
                 continue
             else:
-                c = self.corr[(sp.net, sp.layer)]
+                c = self.corr[self.key(sp)]
                 diag = np.einsum("iis->is", c)  # (N, S)
                 if sp.kind == "two_way":
                     out[m] = (c < diag[None, :, :]).sum(0).mean(1) / (n - 1)
@@ -188,12 +201,12 @@ class ScoreBank:
         return out
 
 
-def _pixel_scores(gt, recon, want, batch_size, device, names=None) -> dict:
-    """Per-image, per-sample PixCorr / SSIM (same definitions as :func:`~.metrics.pixcorr` /
-    :func:`~.metrics.ssim_score`): ``{column: (N, S)}``."""
+def _pixel_scores(gt, recon, want, batch_size, device, convention: str, names=None) -> dict:
+    """Per-image, per-sample PixCorr / SSIM of a convention (the definitions of :func:`~.metrics.pixcorr` /
+    :func:`~.metrics.ssim_score` with its ``pixel_resize`` and ``ssim``): ``{column: (N, S)}``."""
     from skimage.color import rgb2gray
-    from skimage.metrics import structural_similarity
 
+    conv = CONVENTIONS[convention]
     n, s = recon.shape[:2]
     size = gt.shape[1:3]
     if "SSIM" in want and min(size) < 11:
@@ -203,19 +216,14 @@ def _pixel_scores(gt, recon, want, batch_size, device, names=None) -> dict:
         g = gt[start : start + batch_size].astype(np.float64) / 255.0
         g_gray = [rgb2gray(x) for x in g] if "SSIM" in want else None
         for k in range(s):
-            r = resize_images(recon[start : start + batch_size, k], size, device).permute(0, 2, 3, 1).cpu().numpy()
+            r = resize_for_pixels(recon[start : start + batch_size, k], size, conv.pixel_resize, device)
             for b in range(len(g)):
                 i = start + b
                 if "PixCorr" in want:
-                    gc = g[b].ravel() - g[b].mean()
-                    rc = r[b].ravel() - r[b].mean()
-                    den = np.sqrt((gc @ gc) * (rc @ rc))
-                    if den == 0:
-                        label = f"nsdId {names[i]}" if names is not None else f"image {i}"
-                        raise ValueError(f"PixCorr: {label} (sample {k}) is constant in gt or recon; r undefined")
-                    out["PixCorr"][i, k] = gc @ rc / den
+                    label = f"nsdId {names[i]}" if names is not None else f"image {i}"
+                    out["PixCorr"][i, k] = pixel_corr(g[b], r[b], f"{label} (sample {k})")
                 if "SSIM" in want:
-                    out["SSIM"][i, k] = structural_similarity(g_gray[b], rgb2gray(r[b]), **SSIM_KWARGS)
+                    out["SSIM"][i, k] = ssim_pair(g_gray[b], rgb2gray(r[b]), conv.ssim)
     return out
 
 
@@ -225,8 +233,8 @@ def compute_scores(gt, recon, nets: dict, settings: EvalSettings, *, metrics=Non
 
     gt: uint8 (N, H, W, 3); recon: uint8 (N, h, w, 3) or (N, S, h, w, 3), row i = image i.
     nets: ``{net: model}`` (:func:`~.stage.load_eval_nets`) covering the metrics' nets.
-    settings: the preprocessing ``convention`` and the n-way classifier, trials and seed
-    (:class:`~.plan.EvalSettings`). metrics: column names (default: :func:`~.plan.resolve_metrics`).
+    settings: the conventions (``convention`` for the Brain-Diffuser / n-way columns, ``takagi_convention`` for
+    the TN- columns) and the n-way classifier, trials and seed (:class:`~.plan.EvalSettings`). metrics: column names (default: :func:`~.plan.resolve_metrics`).
     runtime: features are extracted once per net with all its layers (:func:`~.nets.extract_features`,
     ``batch_size`` images at a time, on ``device``, under autocast to ``dtype`` on CUDA; CPU always
     float32; default CPU, float32, 32); correlations are float64. nsd_ids only name images in errors.
@@ -234,34 +242,40 @@ def compute_scores(gt, recon, nets: dict, settings: EvalSettings, *, metrics=Non
     runtime = runtime or Runtime("cpu", "float32", 32)
     convention, nway_net, nway_trials, seed = settings.convention, settings.nway_net, settings.nway_trials, settings.seed
     batch_size, device, dtype = runtime.batch_size, runtime.device, runtime.dtype
-    gt, recon, _, metrics, specs = check_eval_inputs(gt, recon, nets, metrics, convention, nway_net)
+    gt, recon, _, metrics, specs = check_eval_inputs(gt, recon, nets, metrics, convention, nway_net,
+                                                     settings.takagi_convention)
     n, s = recon.shape[:2]
     dev = _resolve_device(device)
-    bank = ScoreBank(metrics, n, s, convention, nway_net, nway_trials, seed)
+    bank = ScoreBank(metrics, n, s, convention, settings.takagi_convention, nway_net, nway_trials, seed)
 
     pix = [sp.column for sp in specs if sp.kind in ("pixcorr", "ssim")]
     if pix:
-        bank.pixel = _pixel_scores(gt, recon, pix, batch_size, dev, names=nsd_ids)
+        bank.pixel = _pixel_scores(gt, recon, pix, batch_size, dev, convention, names=nsd_ids)
 
     flat = recon.reshape(n * s, *recon.shape[2:])
     for net_name in NET_NAMES:
-        net_specs = [sp for sp in specs if sp.net == net_name]
-        if not net_specs:
+        # one feature pass per (net, convention): all the layers its columns read
+        by_conv: dict[str, list] = {}
+        for sp in specs:
+            if sp.net == net_name:
+                by_conv.setdefault(bank.key(sp)[2], []).append(sp)
+        if not by_conv:
             continue
-        layers = list(dict.fromkeys(sp.layer for sp in net_specs))
         model = nets[net_name]
-        with _autocast(dev, dtype):
-            gt_f = extract_features(net_name, model, gt, layers, convention, batch_size, dev)
-            rec_f = extract_features(net_name, model, flat, layers, convention, batch_size, dev)
-        for layer in layers:
-            kinds = {sp.kind for sp in net_specs if sp.layer == layer}
-            if kinds - {"nway"}:
-                c = corr_matrix(gt_f[layer], rec_f[layer], dev, a_name=f"gt {net_name}.{layer}",
-                                b_name=f"recon {net_name}.{layer}")
-                bank.corr[(net_name, layer)] = c.numpy().reshape(n, n, s)
-            if "nway" in kinds:
-                bank.logits[(net_name, layer)] = (gt_f[layer], rec_f[layer].reshape(n, s, -1))
-        del gt_f, rec_f
+        for conv, net_specs in by_conv.items():
+            layers = list(dict.fromkeys(sp.layer for sp in net_specs))
+            with _autocast(dev, dtype):
+                gt_f = extract_features(net_name, model, gt, layers, conv, batch_size, dev)
+                rec_f = extract_features(net_name, model, flat, layers, conv, batch_size, dev)
+            for layer in layers:
+                kinds = {sp.kind for sp in net_specs if sp.layer == layer}
+                if kinds - {"nway"}:
+                    c = corr_matrix(gt_f[layer], rec_f[layer], dev, a_name=f"gt {net_name}.{layer}",
+                                    b_name=f"recon {net_name}.{layer}")
+                    bank.corr[(net_name, layer, conv)] = c.numpy().reshape(n, n, s)
+                if "nway" in kinds:
+                    bank.logits[(net_name, layer, conv)] = (gt_f[layer], rec_f[layer].reshape(n, s, -1))
+            del gt_f, rec_f
         model.to("cpu")
     return bank
 

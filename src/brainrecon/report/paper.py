@@ -18,7 +18,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["PaperRow", "BRAINDIFFUSER_PAPER", "TAKAGI_PAPER", "COMPARISON_PAPER", "paper_rows"]
+__all__ = ["PaperRow", "BRAINDIFFUSER_PAPER", "TAKAGI_PAPER", "COMPARISON_PAPER", "PAPER_CONVENTIONS", "paper_rows"]
+
+#: the evaluation convention (brainrecon.evaluate.plan.CONVENTIONS) that produced each table kind's paper numbers:
+#: (of the Brain-Diffuser columns, of the TN- columns)
+PAPER_CONVENTIONS = {
+    "braindiffuser": ("braindiffuser_published", None),
+    "comparison": ("braindiffuser_published", None),  # Brain-Diffuser's Table 1, Takagi's row as it reported it
+    "takagi": (None, "takagi"),
+}
 
 
 @dataclass(frozen=True)

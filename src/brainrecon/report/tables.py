@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..evaluate.plan import BRAINDIFFUSER_COLUMNS, METRICS, TAKAGI_COLUMNS, metric_spec
+from ..evaluate.plan import BRAINDIFFUSER_COLUMNS, CONVENTIONS, METRICS, TAKAGI_COLUMNS, metric_spec
 from ..io import write_text_atomic, atomic_path
-from .paper import PaperRow, paper_rows
+from .paper import PAPER_CONVENTIONS, PaperRow, paper_rows
 from .plan import METHOD_LABELS, TABLE_TITLES, VARIANT_LABELS, VARIANT_NOTES
 
 __all__ = [
@@ -56,12 +56,8 @@ __all__ = [
 SUBJECT_AVG = "avg"
 ID_COLUMNS = ("method", "variant", "subject")
 
-CONVENTION_NOTES = {
-    "braindiffuser": "every network input resized to 224 x 224 (bilinear, anti-aliased), ImageNet or CLIP "
-    "normalisation (Brain-Diffuser's evaluation)",
-    "mindeye": "torchvision Resize(S) per network (AlexNet 256, Inception 342, EffNet-B1 255, SwAV 224, CLIP 224), "
-    "no centre crop (MindEye's evaluation)",
-}
+#: what each evaluation convention is (brainrecon.evaluate.plan.CONVENTIONS), as the tables state it
+CONVENTION_NOTES = {name: c.description for name, c in CONVENTIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -113,9 +109,11 @@ def read_eval_csvs(paths) -> pd.DataFrame:
         df["_file"] = str(p)
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
-    for col in ("convention", "subset"):
+    for col in ("convention", "tn_convention", "subset"):
         if col in out.columns:
             vals = sorted(set(out[col].fillna("")))
+            if col == "tn_convention":  # only rows with TN- columns carry one
+                vals = [v for v in vals if v]
             if len(vals) > 1:
                 raise ValueError(f"evaluation CSVs mix {col} values {vals}; one table needs one {col}")
     dup = out.duplicated(list(ID_COLUMNS))
@@ -258,10 +256,24 @@ def build_table(name: str, eval_csvs, method_order=None, variant_order=None) -> 
         paper = paper[paper[metrics].notna().any(axis=1)].reset_index(drop=True)
 
     convention = df["convention"].iloc[0]
+    tn_cols = [m for m in metrics if metric_spec(m).kind == "takagi"]
+    tn_convention = None
+    if tn_cols:
+        if "tn_convention" not in df.columns or df["tn_convention"].isna().all():
+            raise KeyError(f"table {name}: the evaluation CSVs hold TN- columns but no tn_convention "
+                           f"({sorted(set(df['_file']))[:3]})")
+        tn_convention = df["tn_convention"].iloc[0]
     subset = df["subset"].iloc[0] if "subset" in df.columns else "all"
-    notes = [
-        f"Preprocessing convention: `{convention}` - {CONVENTION_NOTES.get(convention, 'see brainrecon.evaluate.nets')}.",
-    ]
+    other_cols = [m for m in metrics if m not in tn_cols]
+    notes = []
+    paper_conv = PAPER_CONVENTIONS.get(spec.paper, (None, None))
+    for cols, conv, theirs in ((other_cols, convention, paper_conv[0]), (tn_cols, tn_convention, paper_conv[1])):
+        if cols:
+            notes.append(f"Convention of {', '.join(cols)}: `{conv}` - "
+                         f"{CONVENTION_NOTES.get(conv, 'see brainrecon.evaluate.plan.CONVENTIONS')}.")
+            if theirs and not paper.empty:
+                same = "the same" if theirs == conv else f"NOT ours (`{theirs}`): compare with care"
+                notes.append(f"The papers' numbers of these columns came from convention `{theirs}` - {same}.")
     if "weights" in df.columns:
         weights = sorted(set(df["weights"].astype(str)))
         line = f"Evaluation network weights: {', '.join(weights)}."
@@ -299,6 +311,8 @@ def build_table(name: str, eval_csvs, method_order=None, variant_order=None) -> 
     notes += [VARIANT_NOTES[key] for key in VARIANT_NOTES if key in shown]
     suffix = "" if not subset or subset == "all" else f"_{subset}"
     ours.insert(len(ours.columns) - len(metrics) * (2 if spec.level == "summary" else 1), "convention", convention)
+    if tn_convention is not None:
+        ours.insert(list(ours.columns).index("convention") + 1, "tn_convention", tn_convention)
     for col in ("weights", "subset", "exclusion"):
         if col in df.columns:
             vals = sorted(set(df[col].fillna("").astype(str)))
