@@ -39,7 +39,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile $(DEMO_CONFIG)
 	$(BIN)/snakefmt --check Snakefile workflow/rules
-	cd src && ../$(BIN)/lint-imports --config ../pyproject.toml --no-cache
+	cd src && ../$(BIN)/lint-imports ../pyproject.toml --no-cache
 
 fmt: $(STAMP)
 	$(BIN)/snakefmt Snakefile workflow/rules

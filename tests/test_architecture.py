@@ -25,7 +25,7 @@ PLANS = ["brainrecon.schema", "brainrecon.nsd.plan", "brainrecon.models.plan", "
 def _lint(src_root: Path):
     if not LINT.exists():  # pragma: no cover - the lock installs import-linter into the venv
         pytest.fail(f"{LINT} missing: import-linter is pinned in requirements.lock")
-    return subprocess.run([str(LINT), "--config", str(REPO / "pyproject.toml"), "--no-cache"], cwd=src_root,
+    return subprocess.run([str(LINT), str(REPO / "pyproject.toml"), "--no-cache"], cwd=src_root,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -96,6 +96,23 @@ def section_settings(section: str, values=None) -> dict:
     return out
 
 
+class SectionSettings:
+    """Mixin of a stage's frozen settings dataclass for the config section named by its class attribute
+    ``SECTION``: :meth:`from_mapping` (some of the section's keys, the rest the schema's defaults, validated)
+    and :meth:`as_dict`."""
+
+    SECTION = ""
+
+    @classmethod
+    def from_mapping(cls, values: Mapping | None = None):
+        return build_settings(cls, cls.SECTION, values)
+
+    def as_dict(self) -> dict:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+
 def build_settings(cls, section: str, values: Mapping | None = None):
     """An instance of the frozen dataclass ``cls`` (a stage's settings object) from ``values`` over the
     schema's defaults of the config ``section`` (e.g. ``methods.takagi``), validated by the schema; the

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from ...schema import build_settings
+from ...schema import SectionSettings
 from ...features.plan import FEATURES
 from ...models.plan import compute_dtype, model_dir
 from ...nsd.plan import subjects as nsd_subjects
@@ -26,7 +26,7 @@ OUT = "results/reconstruct/braindiffuser"
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(SectionSettings):
     """``methods.braindiffuser`` settings used by reconstruction (config.schema.yaml has their defaults).
 
     vdvae_temperature: prior temperature of the VDVAE blocks without a predicted latent.
@@ -52,15 +52,7 @@ class Settings:
     roi_recipe: str
     roi_constants: str
 
-    @classmethod
-    def from_mapping(cls, values: Mapping | None = None) -> "Settings":
-        """From (some of) the section's keys, the rest the schema's defaults; validated by the schema."""
-        return build_settings(cls, SECTION, values)
-
-    def as_dict(self) -> dict:
-        import dataclasses
-
-        return dataclasses.asdict(self)
+    SECTION = SECTION
 
 
 @dataclass(frozen=True)

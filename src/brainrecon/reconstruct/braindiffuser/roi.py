@@ -46,15 +46,11 @@ from .plan import SPACES, Settings
 log = logging.getLogger(__name__)
 
 
-def mean_row_norm(features_paths: Sequence, split: str = "train", chunk_rows: int = 256) -> float:
-    """Mean euclidean norm of the ``{split}/features`` rows of the given features files.
-
-    Rows are read ``chunk_rows`` at a time (a real VDVAE file is 8859 × 91168) and
-    accumulated in float64; several files (the subject average) pool their rows.
-    """
+def _feature_rows(features_paths: Sequence, split: str, chunk_rows: int):
+    """Yield the ``{split}/features`` rows of the files as float64 (k, D) chunks of ``chunk_rows`` (a real VDVAE
+    file is 8859 × 91168: never read whole)."""
     if isinstance(features_paths, (str, Path)):
         features_paths = [features_paths]
-    total, count = 0.0, 0
     for path in features_paths:
         with h5py.File(path, "r") as f:
             key = f"{split}/features"
@@ -62,11 +58,18 @@ def mean_row_norm(features_paths: Sequence, split: str = "train", chunk_rows: in
                 raise KeyError(f"{path}: no {key!r} (features file of the training images)")
             ds = f[key]
             for i0 in range(0, ds.shape[0], chunk_rows):
-                rows = ds[i0:i0 + chunk_rows].astype(np.float64).reshape(-1, math.prod(ds.shape[1:]))
-                total += float(np.linalg.norm(rows, axis=1).sum())
-                count += rows.shape[0]
+                yield ds[i0:i0 + chunk_rows].astype(np.float64).reshape(-1, math.prod(ds.shape[1:]))
+
+
+def mean_row_norm(features_paths: Sequence, split: str = "train", chunk_rows: int = 256) -> float:
+    """Mean euclidean norm of the ``{split}/features`` rows of the given features files (several files,
+    e.g. the subject average's, pool their rows; accumulated in float64)."""
+    total, count = 0.0, 0
+    for rows in _feature_rows(features_paths, split, chunk_rows):
+        total += float(np.linalg.norm(rows, axis=1).sum())
+        count += rows.shape[0]
     if count == 0:
-        raise ValueError(f"no {split} feature rows in {list(map(str, features_paths))}")
+        raise ValueError(f"no {split} feature rows in {features_paths}")
     return total / count
 
 
@@ -88,33 +91,19 @@ _EPS = 1e-8  # the reference's guard of the unit projection
 def feature_moments(features_paths: Sequence, split: str = "train", chunk_rows: int = 256) -> dict:
     """Per-dimension mean and std (ddof 0) of the ``{split}/features`` rows, their mean row norm ‖y‖ and
     mean distance from the mean ‖y − ȳ‖ (two chunked passes; several files pool their rows)."""
-    if isinstance(features_paths, (str, Path)):
-        features_paths = [features_paths]
     s1 = s2 = None
     count, norm_sum = 0, 0.0
-    for path in features_paths:
-        with h5py.File(path, "r") as f:
-            key = f"{split}/features"
-            if key not in f:
-                raise KeyError(f"{path}: no {key!r} (features file of the training images)")
-            ds = f[key]
-            for i0 in range(0, ds.shape[0], chunk_rows):
-                rows = ds[i0:i0 + chunk_rows].astype(np.float64).reshape(-1, math.prod(ds.shape[1:]))
-                s1 = rows.sum(0) if s1 is None else s1 + rows.sum(0)
-                s2 = (rows ** 2).sum(0) if s2 is None else s2 + (rows ** 2).sum(0)
-                norm_sum += float(np.linalg.norm(rows, axis=1).sum())
-                count += rows.shape[0]
+    for rows in _feature_rows(features_paths, split, chunk_rows):
+        s1 = rows.sum(0) if s1 is None else s1 + rows.sum(0)
+        s2 = (rows ** 2).sum(0) if s2 is None else s2 + (rows ** 2).sum(0)
+        norm_sum += float(np.linalg.norm(rows, axis=1).sum())
+        count += rows.shape[0]
     if count == 0:
-        raise ValueError(f"no {split} feature rows in {list(map(str, features_paths))}")
+        raise ValueError(f"no {split} feature rows in {features_paths}")
     mean = s1 / count
     std = np.sqrt(np.maximum(s2 / count - mean ** 2, 0.0))
-    dist = 0.0
-    for path in features_paths:
-        with h5py.File(path, "r") as f:
-            ds = f[f"{split}/features"]
-            for i0 in range(0, ds.shape[0], chunk_rows):
-                rows = ds[i0:i0 + chunk_rows].astype(np.float64).reshape(-1, math.prod(ds.shape[1:]))
-                dist += float(np.linalg.norm(rows - mean, axis=1).sum())
+    dist = sum(float(np.linalg.norm(rows - mean, axis=1).sum())
+               for rows in _feature_rows(features_paths, split, chunk_rows))
     return {"mean": mean, "std": std, "mean_norm": norm_sum / count, "mean_distance": dist / count, "n": count}
 
 

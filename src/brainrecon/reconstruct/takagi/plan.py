@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
-from ...schema import build_settings
+from ...schema import SectionSettings
 from ...models.plan import model_dir
 from ...nsd.plan import subjects as nsd_subjects
 from ...regression.plan import regression_file
@@ -31,7 +31,7 @@ DEPTH_PNG = OUT + "/decoded/subj{subject}_depth_png"
 
 # ----------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
-class Settings:
+class Settings(SectionSettings):
     """``methods.takagi`` settings used by reconstruction (config.schema.yaml has their defaults: the paper's).
 
     steps, strength: DDIM grid and the fraction run (``int(strength · steps)`` = 40 steps).
@@ -52,17 +52,11 @@ class Settings:
     batch_size: int
     seed: int
 
-    @classmethod
-    def from_mapping(cls, values: Mapping | None = None) -> "Settings":
-        """From (some of) the section's keys, the rest the schema's defaults; validated by the schema."""
-        return build_settings(cls, SECTION, values)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    SECTION = SECTION
 
 
 @dataclass(frozen=True)
-class CaptionSettings:
+class CaptionSettings(SectionSettings):
     """BLIP beam-search settings (the reference's ``generate_from_imageembeds`` call;
     ``methods.takagi.caption``)."""
 
@@ -77,12 +71,7 @@ class CaptionSettings:
         if not 0 <= self.min_length <= self.max_length:
             raise ValueError(f"caption min_length {self.min_length} must be in [0, max_length={self.max_length}]")
 
-    @classmethod
-    def from_mapping(cls, values: Mapping | None = None) -> "CaptionSettings":
-        return build_settings(cls, SECTION + ".caption", values)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    SECTION = SECTION + ".caption"
 
 
 @dataclass(frozen=True)
