@@ -600,6 +600,14 @@ def test_evaluate_all_identical_images(nets, tmp_path):
     gt = _imgs(np.random.default_rng(12), 3, 36)
     res = evaluate(gt, gt.copy(), nets, convention="braindiffuser")
     assert res["convention"] == "braindiffuser" and res["n_images"] == 3 and res["n_samples"] == 1
+    # a single-sample method's settings carry no TN- convention (the rule leaves it out): same numbers
+    from brainrecon.models.plan import Runtime
+
+    st = EvalSettings.build(convention="braindiffuser").for_method(multi_sample=False)
+    assert st.takagi_convention is None
+    assert compute_scores(gt, gt.copy(), nets, st, runtime=Runtime("cpu", "float32", 8)).summary() == res
+    with pytest.raises(ValueError, match="takagi_convention"):
+        st.columns(with_samples=True)
     assert "tn_convention" not in res  # no TN- column computed
     assert list(res)[3:] == list(BRAINDIFFUSER_COLUMNS)
     for col in ("PixCorr", "SSIM", "AlexNet(2)", "AlexNet(5)", "Inception", "CLIP"):

@@ -39,12 +39,14 @@ def test_real_nsd_dag_builds_offline(tmp_path):
     per_subject = 37 + 8 + 8 + 1 + 3
     assert counts.get("download_nsd_file") == 4 * per_subject + 3, counts
     assert counts.get("download_coco_captions") == 1
-    # nsdgeneral (Brain-Diffuser) and the whole-volume streams (Takagi's regression.spaces.*.prepared) per subject
-    assert counts.get("prepare_subject") == 4 * 2
+    # per subject: nsdgeneral (Brain-Diffuser), the whole-volume streams (Takagi's regression.spaces.*.prepared)
+    # and the brain mask (the whole-brain encoding maps)
+    assert counts.get("prepare_subject") == 4 * 3
     assert counts.get("prepare_stimuli") == 4
     for s in ("01", "02", "05", "07"):
         assert f"results/prepared/nsdgeneral/subj{s}.h5" in out
         assert f"results/prepared/streams/subj{s}.h5" in out
+        assert f"results/prepared/brainmask/subj{s}.h5" in out
         assert f"nsddata_betas/ppdata/subj{s}/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session37.nii.gz" in out
     assert "betas_session38" not in out
 

@@ -61,7 +61,7 @@ def check_eval_inputs(gt, recon, nets: dict, metrics, convention: str, nway_net:
     if convention not in PIXEL_CONVENTIONS:
         raise ValueError(f"unknown convention {convention!r} of the Brain-Diffuser columns; known: "
                          f"{', '.join(PIXEL_CONVENTIONS)}")
-    if takagi_convention not in CONVENTIONS:
+    if takagi_convention is not None and takagi_convention not in CONVENTIONS:
         raise ValueError(f"unknown convention {takagi_convention!r} of the TN- columns; known: {', '.join(CONVENTIONS)}")
     gt = as_uint8_images(gt, "gt", ndim=4)
     rec_ndim = np.ndim(recon)
@@ -80,6 +80,8 @@ def check_eval_inputs(gt, recon, nets: dict, metrics, convention: str, nway_net:
     if len(set(metrics)) != len(metrics):
         raise ValueError(f"duplicate metrics in {metrics}")
     specs = [metric_spec(m, nway_net) for m in metrics]
+    if takagi_convention is None and any(sp.kind == "takagi" for sp in specs):
+        raise ValueError("TN- columns need a takagi_convention (the settings have none)")
     missing = [sp for sp in specs if sp.net is not None and sp.net not in nets]
     if missing:
         raise ValueError(f"nets: metrics need nets that were not given: {sorted({sp.net for sp in missing})} "
@@ -118,7 +120,7 @@ class ScoreBank:
     n_images: int
     n_samples: int
     convention: str
-    tn_convention: str = "takagi"
+    tn_convention: str | None = "takagi"
     nway_net: str = "inception_v3"
     nway_trials: int = 100
     seed: int = 0
