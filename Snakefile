@@ -29,6 +29,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/regression.smk"
 include: "workflow/rules/braindiffuser.smk"
 include: "workflow/rules/takagi.smk"
+include: "workflow/rules/cnd.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/encoding.smk"
@@ -43,6 +44,7 @@ rule all:
         nsd_plan.raw_targets(config),
         nsd_plan.prepare_targets(config),
         reconstruct_plan.targets(config),
+        cnd_plan.targets(config),
         evaluate_plan.targets(config),
         report_plan.targets(config),
         encoding_plan.targets(config, SUBJECTS),

@@ -18,7 +18,8 @@ LINT = Path(sys.executable).with_name("lint-imports")
 
 PLANS = ["brainrecon.schema", "brainrecon.nsd.plan", "brainrecon.models.plan", "brainrecon.features.plan",
          "brainrecon.regression.plan", "brainrecon.reconstruct.plan", "brainrecon.reconstruct.braindiffuser.plan",
-         "brainrecon.reconstruct.takagi.plan", "brainrecon.evaluate.plan", "brainrecon.encoding.plan",
+         "brainrecon.reconstruct.takagi.plan", "brainrecon.reconstruct.cnd.plan", "brainrecon.evaluate.plan",
+         "brainrecon.encoding.plan",
          "brainrecon.report.plan"]
 
 

@@ -24,6 +24,7 @@ from ..evaluate.stage import read_ground_truth, read_reconstructions
 from ..io import atomic_path
 
 __all__ = [
+    "fig_loss_curves",
     "image_grid",
     "select_images",
     "fig_subjects",
@@ -205,3 +206,40 @@ def fig_metric_bars(eval_csvs, out_png, metrics=None, method_order=None, variant
     finally:
         plt.close(fig)
     return {"panels": len(metrics), "bars": n_bars, "labels": labels, "size_px": (round(size[0]), round(size[1]))}
+
+
+def fig_loss_curves(loss_csvs: dict, out_png, dpi: int = 100, smooth: int = 1) -> dict:
+    """Training-loss curves (CnD Phase 1): ``{label: loss.csv}`` (columns step, loss, self, cross; one row per
+    step, ``stage`` separating pre-training), one panel per loss term, one line per label; ``smooth``: running
+    mean over that many steps. Returns ``{"lines", "steps", "size_px"}``."""
+    import pandas as pd
+
+    frames = {}
+    for label, path in loss_csvs.items():
+        df = pd.read_csv(path)
+        missing = [c for c in ("loss", "self", "cross") if c not in df.columns]
+        if missing or df.empty:
+            raise ValueError(f"{path}: a loss log needs rows and columns loss, self, cross (missing {missing})")
+        frames[str(label)] = df
+    plt = _plt()
+    terms = [("loss", "total"), ("self", "self-contrastive"), ("cross", "cross-contrastive")]
+    fig, axes = plt.subplots(1, 3, figsize=(9.0, 2.6), dpi=dpi, squeeze=False)
+    try:
+        for ax, (col, title) in zip(axes[0], terms):
+            for label, df in frames.items():
+                y = df[col].to_numpy(float)
+                if smooth > 1 and len(y) >= smooth:
+                    y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+                ax.plot(np.arange(len(y)), y, lw=1, label=label)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[0][0].legend(fontsize=7, frameon=False)
+        fig.tight_layout()
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+        size = fig.get_size_inches() * dpi
+    finally:
+        plt.close(fig)
+    return {"lines": len(frames), "steps": {k: len(v) for k, v in frames.items()},
+            "size_px": (round(size[0]), round(size[1]))}
