@@ -316,3 +316,28 @@ def test_phase1_rule_runs_and_reruns_only_on_settings_that_change_the_weights(tm
 
     assert rerun({"checkpoint_every": 7}) == []
     assert rerun({"temperature": 0.2}) == ["cnd_loss_figure", "cnd_phase1"]
+
+
+def test_pretrain_stage_runs_first_and_checks_its_shape(prepared, tmp_path):
+    """A user-supplied pre-training set (the paper's HCP stage) trains first, with its own schedule, then NSD."""
+    with h5py.File(prepared["prep"], "r") as p:
+        V = p["trials/betas"].shape[1]
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "pre.npy", rng.standard_normal((64, V)).astype(np.float32))
+    s = _settings(epochs=2, warmup_epochs=1, batch_size=32, pretrain=str(tmp_path / "pre.npy"), pretrain_epochs=3)
+    out = {"encoder": tmp_path / "enc", "loss": tmp_path / "loss.csv", "embeddings": tmp_path / "e.h5"}
+    cnd.train_subject({"prepared": prepared["prep"], "pretrain": tmp_path / "pre.npy"}, out, s,
+                      checkpoint_dir=tmp_path / "ck", subject="01", progress=False)
+    import pandas as pd
+
+    log = pd.read_csv(out["loss"])
+    assert list(dict.fromkeys(log["stage"])) == ["pretrain", "nsd"]
+    assert (log["stage"] == "pretrain").sum() == 3 * (64 // 32) and (log["stage"] == "nsd").sum() == 2 * (240 // 32)
+    np.save(tmp_path / "bad.npy", rng.standard_normal((64, V + 1)).astype(np.float32))
+    with pytest.raises(ValueError, match=f"V={V}"):
+        cnd.train_subject({"prepared": prepared["prep"], "pretrain": tmp_path / "bad.npy"},
+                          {k: tmp_path / f"x_{k}" for k in out}, s, checkpoint_dir=tmp_path / "ck2", subject="01",
+                          progress=False)
+    assert not (tmp_path / "x_encoder").exists()
+    with pytest.raises(ValueError, match="pretrain_epochs"):
+        _settings(pretrain="x.npy", pretrain_epochs=0)
