@@ -98,7 +98,7 @@ def train_encoder(data: np.ndarray, settings: Phase1Settings, checkpoint_folder,
                          f"got shape {data.shape}")
     stages = [("nsd", data, settings.epochs)]
     if pretrain is not None:
-        pretrain = np.asarray(pretrain, dtype=np.float32)
+        pretrain = np.array(pretrain, dtype=np.float32)  # a writable copy (np.load may memory-map)
         if pretrain.ndim != 2 or pretrain.shape[1] != data.shape[1] or pretrain.shape[0] < settings.batch_size:
             raise ValueError(f"pretrain patterns must be (n >= {settings.batch_size}, V={data.shape[1]}), got "
                              f"{pretrain.shape}")
